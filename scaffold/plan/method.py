@@ -1,0 +1,462 @@
+"""Build the generation plan: every name, expression and code fragment the templates need, decided once.
+
+The templates stay logic-free; anything that depends on the spec's meaning is resolved here, and every
+cross-field rule of the spec (which names an expression may read, which dims a shape may use) is checked
+here, raising `ScaffoldError` with the spec field it concerns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaffold.errors import ScaffoldError
+from scaffold.plan.layers import (
+    DIM_CODE,
+    TORCH_CLASSES,
+    UNIVERSAL_DIMS,
+    LayerFamily,
+    dims_available,
+    families_for,
+    family_of_forward_key,
+)
+from scaffold.spec.expressions import Expression, ExpressionError, parse_expression, render
+from scaffold.spec.model import Hyperparameter, InitCall, MethodSpec, Weight
+
+
+_PY_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "enum": "str"}
+_SCALAR_MATH = {"sqrt": "math.sqrt", "log": "math.log", "exp": "math.exp", "ceil": "math.ceil", "floor": "math.floor"}
+_SCALAR_CONST = {"pi": "math.pi", "e": "math.e"}
+# Initialisers that need a tensor of at least two dims (they compute fan-in / fan-out).
+_NEEDS_2D = {"kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal"}
+
+
+@dataclass
+class HyperparameterPlan:
+    name: str
+    annotation: str
+    default: str  # python source of the default
+    uses_default_factory: bool
+    help: str
+    checks: list[tuple[str, str]]  # (condition that is an error, message) rendered in __post_init__
+    spec: Hyperparameter
+
+
+@dataclass
+class ScalarPlan:
+    """A per-adapter scalar the layer stores (a hyperparameter or a derived value)."""
+
+    name: str
+    attr: str  # e.g. mylora_scaling
+    annotation: str
+    value_code: str  # how update_layer computes it
+
+
+@dataclass
+class WeightPlan:
+    name: str
+    attr: str
+    shape_code: list[str]
+    init_lines: list[str]  # identity init (init_weights=True)
+    random_init_lines: list[str]  # init_weights=False
+    trainable: bool
+    ndim: int
+
+
+@dataclass
+class LayerClassPlan:
+    family: LayerFamily
+    torch_classes: list[str]  # isinstance targets in the model's dispatch
+    base_types: list[str]
+    forward_lines: list[str]  # body of `_adapter_forward`
+    uses_layer_op: bool
+
+
+@dataclass
+class MethodPlan:
+    spec: MethodSpec
+    name: str
+    peft_type: str
+    prefix: str
+    class_name: str
+    config_cls: str
+    model_cls: str
+    layer_cls: str
+    title: str
+    hyperparameters: list[HyperparameterPlan]
+    scalars: list[ScalarPlan]
+    derived_lines: list[str]  # update_layer: compute derived values into locals
+    dropout: str | None
+    weights: list[WeightPlan]
+    delta_lines: list[str]  # body of `_canonical_delta`
+    merge_lines: list[str] | None
+    unmerge_lines: list[str] | None
+    layer_classes: list[LayerClassPlan]
+    target_modules: str | dict[str, list[str]]
+    has_conv1d_transformers: bool
+    imports_math: bool = False
+    imports_functional: bool = False
+    uses_buffers: bool = False
+    test_layers: list[str] = field(default_factory=list)
+
+    @property
+    def adapter_layer_names(self) -> list[str]:
+        return [w.attr for w in self.weights if w.trainable]
+
+    @property
+    def other_param_names(self) -> list[str]:
+        names = [w.attr for w in self.weights if not w.trainable] + [s.attr for s in self.scalars]
+        if self.dropout:
+            names.append(f"{self.prefix}dropout")
+        return names
+
+    @property
+    def first_weight(self) -> WeightPlan:
+        return self.weights[0]
+
+    @property
+    def mapping_constant(self) -> str:
+        return f"TRANSFORMERS_MODELS_TO_{self.peft_type}_TARGET_MODULES_MAPPING"
+
+    @property
+    def lora_mapping(self) -> bool:
+        return self.target_modules == "lora"
+
+
+def build_plan(spec: MethodSpec, source: str = "spec") -> MethodPlan:
+    return _Planner(spec, source).build()
+
+
+class _Planner:
+    def __init__(self, spec: MethodSpec, source: str) -> None:
+        self.spec = spec
+        self.source = source
+        self.prefix = f"{spec.name}_"
+        self.hp = spec.hyperparameters
+        self.dims = dims_available(list(spec.layers))
+        self.stored: dict[str, None] = {}  # scalars the layer must keep, in first-use order
+        self.imports_math = False
+        self.imports_functional = False
+
+    def fail(self, where: str, reason: str) -> ScaffoldError:
+        return ScaffoldError(f"{self.source}: {where}", reason)
+
+    # -- expressions ----------------------------------------------------------------------------------------
+    def parse(self, where: str, text: Any, names: set[str], functions: set[str] = set(), tensor: bool = True):
+        try:
+            expr = parse_expression(text, names=names, functions=functions, tensor=tensor)
+        except ExpressionError as exc:
+            unknown_dim = _unknown_dim(str(exc), self.dims)
+            raise self.fail(where, unknown_dim or str(exc)) from None
+        if tensor and "F." in ast_dump(expr):
+            self.imports_functional = True
+        if "kernel_numel" in expr.names or not tensor and (expr.calls & set(_SCALAR_MATH) or expr.names & set(_SCALAR_CONST)):
+            self.imports_math = True
+        return expr
+
+    def scalar_names(self, derived_upto: int | None = None) -> set[str]:
+        derived = list(self.spec.derived)
+        if derived_upto is not None:
+            derived = derived[:derived_upto]
+        return set(self.hp) | set(derived) | self.dims
+
+    def tensor_names(self) -> set[str]:
+        names = (set(self.hp) - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
+        return names | {"weight"}
+
+    # -- build ----------------------------------------------------------------------------------------------
+    def build(self) -> MethodPlan:
+        spec = self.spec
+        class_name = spec.class_name
+        self.check_dropout()
+        hyperparameters = [self.hyperparameter(n, h) for n, h in self.hp.items()]
+        derived_exprs = self.derived()
+        weights_exprs = {n: self.weight_shape(n, w) for n, w in spec.weights.items()}
+        delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names())
+        merge = unmerge = None
+        if spec.merge is not None and spec.unmerge is not None:
+            merge = self.parse("merge", spec.merge, self.tensor_names() | {"delta_weight"})
+            unmerge = self.parse("unmerge", spec.unmerge, self.tensor_names() | {"delta_weight"})
+            for field_name, expr in (("merge", merge), ("unmerge", unmerge)):
+                if "weight" not in expr.names:
+                    raise self.fail(field_name, "must compute the new weight from `weight`")
+        forwards = self.forwards()
+
+        for expr in [delta, merge, unmerge, *forwards.values()]:
+            if expr is not None:
+                self.mark_stored(expr)
+        weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
+
+        derived_lines = [
+            f"{name} = {render(expr, self.update_layer_names(), _SCALAR_MATH)}" for name, expr in derived_exprs.items()
+        ]
+        families = families_for(list(spec.layers))
+        layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
+        return MethodPlan(
+            spec=spec,
+            name=spec.name,
+            peft_type=spec.name.upper(),
+            prefix=self.prefix,
+            class_name=class_name,
+            config_cls=f"{class_name}Config",
+            model_cls=f"{class_name}Model",
+            layer_cls=f"{class_name}Layer",
+            title=spec.title or class_name,
+            hyperparameters=hyperparameters,
+            scalars=[self.scalar_plan(n) for n in self.stored],
+            derived_lines=derived_lines,
+            dropout=spec.dropout,
+            weights=weights,
+            delta_lines=self.delta_lines(delta),
+            merge_lines=self.merge_lines(merge) if merge else None,
+            unmerge_lines=self.merge_lines(unmerge) if unmerge else None,
+            layer_classes=layer_classes,
+            target_modules=spec.target_modules,
+            has_conv1d_transformers="Conv1D" in spec.layers,
+            imports_math=self.imports_math,
+            imports_functional=self.imports_functional or any(lc.uses_layer_op for lc in layer_classes),
+            uses_buffers=any(not w.trainable for w in weights),
+            test_layers=list(spec.layers),
+        )
+
+    def check_dropout(self) -> None:
+        name = self.spec.dropout
+        if name is None:
+            return
+        if name not in self.hp:
+            raise self.fail("dropout", f"names no hyperparameter (`{name}`)")
+        if self.hp[name].type != "float":
+            raise self.fail("dropout", f"hyperparameter `{name}` must be a float, not {self.hp[name].type}")
+
+    def hyperparameter(self, name: str, hp: Hyperparameter) -> HyperparameterPlan:
+        if hp.type == "list":
+            annotation = f"Optional[list[{hp.item}]]"
+        else:
+            annotation = _PY_TYPES[hp.type]
+            if hp.nullable:
+                annotation = f"Optional[{annotation}]"
+        default = repr(hp.default)
+        checks: list[tuple[str, str]] = []
+        guard = f"self.{name} is not None and " if hp.nullable else ""
+        bounds = [("min", "<", ">="), ("max", ">", "<="), ("gt", "<=", ">"), ("lt", ">=", "<")]
+        for attr, bad_op, good_op in bounds:
+            limit = getattr(hp, attr)
+            if limit is not None:
+                shown = _num(limit, hp.type)
+                checks.append(
+                    (f"{guard}self.{name} {bad_op} {shown}", f"`{name}` must be {good_op} {shown}, got {{self.{name}}}")
+                )
+        if hp.choices is not None:
+            checks.append(
+                (f"{guard}self.{name} not in {tuple(hp.choices)!r}", f"`{name}` must be one of {hp.choices}, got {{self.{name}!r}}")
+            )
+        return HyperparameterPlan(name, annotation, default, False, hp.help or name.replace("_", " "), checks, hp)
+
+    def derived(self) -> dict[str, Expression]:
+        exprs = {}
+        for index, (name, text) in enumerate(self.spec.derived.items()):
+            exprs[name] = self.parse(f"derived.{name}", text, self.scalar_names(index), tensor=False)
+        return exprs
+
+    def weight_shape(self, name: str, weight: Weight) -> list[Expression]:
+        exprs = []
+        for index, entry in enumerate(weight.shape):
+            where = f"weights.{name}.shape[{index}]"
+            if isinstance(entry, int) and entry <= 0:
+                raise self.fail(where, f"a dimension must be positive, got {entry}")
+            exprs.append(self.parse(where, entry, self.scalar_names(), tensor=False))
+        return exprs
+
+    def forwards(self) -> dict[str, Expression]:
+        names = self.tensor_names() | {"x", "base", "delta_weight"}
+        functions = {"layer_op"} | ({"dropout"} if self.spec.dropout else set())
+        exprs = {}
+        for key, text in self.spec.forward.items():
+            family = family_of_forward_key(key)
+            if family is None:
+                raise self.fail(f"forward.{key}", "Conv1D layers share the `Linear` forward; use the key `Linear`")
+            if not any(t in self.spec.layers for t in family.base_types):
+                raise self.fail(f"forward.{key}", f"layer type not listed in `layers` ({', '.join(self.spec.layers)})")
+            exprs[key] = self.parse(f"forward.{key}", text, names, functions)
+        return exprs
+
+    def mark_stored(self, expr: Expression) -> None:
+        for name in sorted(expr.names):
+            if name in self.hp or name in self.spec.derived:
+                self.stored.setdefault(name, None)
+
+    # -- rendering helpers ----------------------------------------------------------------------------------
+    def update_layer_names(self) -> dict[str, str]:
+        """How spec names read inside `update_layer` (config values, derived locals, dims)."""
+        mapping = {n: f"config.{n}" for n in self.hp}
+        mapping.update({d: DIM_CODE[d] for d in self.dims})
+        mapping.update(_SCALAR_CONST)
+        return mapping
+
+    def stored_names(self) -> dict[str, str]:
+        """How scalar names read in per-adapter methods once stored on the layer."""
+        mapping = {n: f"self.{self.prefix}{n}[adapter_name]" for n in self.stored}
+        mapping.update({d: DIM_CODE[d] for d in self.dims})
+        mapping.update(_SCALAR_CONST)
+        return mapping
+
+    def scalar_plan(self, name: str) -> ScalarPlan:
+        if name in self.hp:
+            hp = self.hp[name]
+            annotation = f"list[{hp.item}]" if hp.type == "list" else _PY_TYPES[hp.type]
+            if hp.nullable or hp.type == "list":
+                annotation = f"Optional[{annotation}]"
+            return ScalarPlan(name, f"{self.prefix}{name}", annotation, f"config.{name}")
+        return ScalarPlan(name, f"{self.prefix}{name}", "float", name)
+
+    def weight(self, name: str, weight: Weight, shape: list[Expression]) -> WeightPlan:
+        mapping = self.update_layer_names()
+        shape_code = []
+        for expr in shape:
+            code = render(expr, mapping, _SCALAR_MATH)
+            simple = expr.tree.__class__.__name__ in ("Name", "Constant") and (
+                not expr.names or all(n in UNIVERSAL_DIMS or self.hp.get(n, None) is not None and self.hp[n].type == "int" for n in expr.names)
+            )
+            shape_code.append(code if simple else f"int({code})")
+        if any(x.calls & set(_SCALAR_MATH) for x in shape):
+            self.imports_math = True
+        ndim = len(weight.shape)
+        attr = f"{self.prefix}{name}"
+        target = f"self.{attr}[adapter_name]"
+        random_init = weight.random_init or ("kaiming_uniform" if ndim >= 2 else "normal")
+        return WeightPlan(
+            name=name,
+            attr=attr,
+            shape_code=shape_code,
+            init_lines=self.init_lines(f"weights.{name}.init", weight.init, target, ndim),
+            random_init_lines=self.init_lines(f"weights.{name}.random_init", random_init, target, ndim),
+            trainable=weight.trainable,
+            ndim=ndim,
+        )
+
+    def init_lines(self, where: str, init: Any, target: str, ndim: int) -> list[str]:
+        call = init if isinstance(init, InitCall) else InitCall(name=init)
+        if call.name in _NEEDS_2D and ndim < 2:
+            raise self.fail(where, f"`{call.name}` needs a weight with at least 2 dims (this one has {ndim})")
+        given = {k: v for k, v in call.model_dump(exclude={"name"}).items() if v is not None}
+        allowed = {
+            "zeros": (),
+            "ones": (),
+            "constant": ("value",),
+            "normal": ("mean", "std"),
+            "uniform": ("a", "b"),
+            "kaiming_uniform": ("a",),
+            "kaiming_normal": ("a",),
+            "xavier_uniform": ("gain",),
+            "xavier_normal": ("gain",),
+            "orthogonal": ("gain",),
+        }[call.name]
+        extra = set(given) - set(allowed)
+        if extra:
+            raise self.fail(where, f"`{call.name}` takes no argument {', '.join(sorted(extra))}")
+        if call.name == "constant" and "value" not in given:
+            raise self.fail(where, "`constant` needs `value`")
+        args = []
+        for key in allowed:
+            if key in given:
+                expr = self.parse(f"{where}.{key}", given[key], self.scalar_names(), tensor=False)
+                self.mark_stored(expr)
+                args.append(f"{key}={render(expr, self.stored_names(), _SCALAR_MATH)}")
+        if call.name == "kaiming_uniform" and "a" not in given:
+            # nn.Linear's own default, so an adapter factor is initialised like the layer it mirrors
+            args.append("a=math.sqrt(5)")
+            self.imports_math = True
+        return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
+
+    def bind_lines(self, expr_names: set[str], compute_dtype: bool = True) -> list[str]:
+        lines = []
+        for name in self.spec.weights:
+            if name in expr_names:
+                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
+        for name in self.stored:
+            if name in expr_names:
+                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
+        return lines
+
+    def delta_lines(self, delta: Expression) -> list[str]:
+        used_weights = [n for n in self.spec.weights if n in delta.names] or [next(iter(self.spec.weights))]
+        lines = self.bind_lines(set(delta.names) | set(used_weights[:1]))
+        first = used_weights[0]
+        lines.append(f"dtype = {first}.dtype")
+        lines.append(
+            "# CPUs are slow at (and lack some kernels for) half-precision matmuls: compute in fp32, cast back"
+        )
+        lines.append(f'cast_to_fp32 = {first}.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)')
+        lines.append("if cast_to_fp32:")
+        for name in used_weights:
+            lines.append(f"    {name} = {name}.float()")
+        if "weight" in delta.names:
+            lines.append(f"weight = self._canonical_weight().to({first}.dtype)")
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        lines.append(f"delta_weight = {render(delta, dims)}")
+        lines.append("return delta_weight.to(dtype)")
+        return lines
+
+    def merge_lines(self, expr: Expression) -> list[str]:
+        lines = self.bind_lines(set(expr.names))
+        lines.append("weight = self._from_weight_layout(orig_weight)")
+        for name in self.spec.weights:
+            if name in expr.names:
+                lines.append(f"{name} = {name}.to(weight.dtype)")
+        if "delta_weight" in expr.names:
+            lines.append("delta_weight = self._canonical_delta(adapter_name).to(weight.dtype)")
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        lines.append(f"new_weight = {render(expr, dims)}")
+        lines.append("return self._to_weight_layout(new_weight).to(orig_weight.dtype)")
+        return lines
+
+    def layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
+        lines: list[str] = []
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        calls = {"layer_op": "self._layer_op"}
+        if forward is None:
+            # Default forward: by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)
+            if self.spec.dropout:
+                lines.append(f"dropout = self.{self.prefix}dropout[adapter_name]")
+            lines.append("delta_weight = self._canonical_delta(adapter_name)")
+            x_in = "dropout(x)" if self.spec.dropout and family.kind != "embedding" else "x"
+            lines.append(f"return result + self._layer_op({x_in}, delta_weight).to(result.dtype)")
+            return LayerClassPlan(family, self.torch_classes(family), list(family.base_types), lines, True)
+        names = set(forward.names)
+        lines.extend(self.bind_lines(names))
+        if forward.uses("dropout"):
+            lines.append(f"dropout = self.{self.prefix}dropout[adapter_name]")
+        if "weight" in names:
+            lines.append("weight = self._canonical_weight()")
+        if "delta_weight" in names:
+            lines.append("delta_weight = self._canonical_delta(adapter_name)")
+        if "base" in names:
+            lines.append("base = result")
+            lines.append(f"return ({render(forward, dims, calls)}).to(result.dtype)")
+        else:
+            lines.append(f"return result + ({render(forward, dims, calls)}).to(result.dtype)")
+        return LayerClassPlan(family, self.torch_classes(family), list(family.base_types), lines, forward.uses("layer_op"))
+
+    def torch_classes(self, family: LayerFamily) -> list[str]:
+        return [TORCH_CLASSES[t] for t in family.base_types if t in self.spec.layers]
+
+
+def ast_dump(expr: Expression) -> str:
+    import ast
+
+    return ast.unparse(expr.tree)
+
+
+def _num(value: float, type_: str) -> str:
+    if type_ == "int" and float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _unknown_dim(message: str, available: set[str]) -> str | None:
+    from scaffold.plan.layers import ALL_DIMS
+
+    for dim in ALL_DIMS:
+        if f"unknown name `{dim}`" in message and dim not in available:
+            return f"dim `{dim}` is not defined for every layer type in `layers`"
+    return None

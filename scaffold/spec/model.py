@@ -1,0 +1,253 @@
+"""The method spec: a pydantic model of the YAML a user writes.
+
+This module checks structure and types (unknown fields, wrong types, bounds that contradict the default).
+Cross-field meaning, such as which names an expression may use, is checked when the plan is built
+(`scaffold.plan`), where the whole spec is known.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+LayerType = Literal["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
+HyperparameterType = Literal["int", "float", "bool", "str", "enum", "list"]
+InitName = Literal[
+    "zeros",
+    "ones",
+    "constant",
+    "normal",
+    "uniform",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "xavier_uniform",
+    "xavier_normal",
+    "orthogonal",
+]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CLASS_PREFIX = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+# Fields every generated config has, so a hyperparameter may not take their names.
+CONFIG_FIELDS = frozenset(
+    {
+        "target_modules", "exclude_modules", "modules_to_save", "init_weights", "fan_in_fan_out",
+        "layers_to_transform", "layers_pattern", "peft_type", "task_type", "inference_mode",
+        "base_model_name_or_path", "revision", "auto_mapping", "peft_version",
+    }
+)  # fmt: skip
+# Names the generated code itself uses inside expressions and methods.
+RESERVED_NAMES = frozenset(
+    {
+        "x", "base", "weight", "torch", "F", "nn", "math", "self", "config", "adapter_name", "result", "layer_op",
+        "in_features", "out_features", "num_embeddings", "embedding_dim", "in_channels", "out_channels",
+        "kernel_numel", "groups", "active_adapter", "kwargs", "args",
+    }
+)  # fmt: skip
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hyperparameter(_Strict):
+    """One config field of the generated method."""
+
+    type: HyperparameterType
+    default: Any = None
+    help: str = ""
+    min: float | None = Field(default=None, description="inclusive lower bound (int/float)")
+    max: float | None = Field(default=None, description="inclusive upper bound (int/float)")
+    gt: float | None = Field(default=None, description="exclusive lower bound (int/float)")
+    lt: float | None = Field(default=None, description="exclusive upper bound (int/float)")
+    choices: list[str] | None = Field(default=None, description="allowed values (enum)")
+    item: Literal["int", "float", "str"] | None = Field(default=None, description="element type (list)")
+    nullable: bool = Field(default=False, description="whether None is allowed (typed Optional[...])")
+
+    @model_validator(mode="after")
+    def _check(self) -> Hyperparameter:
+        numeric = self.type in ("int", "float")
+        bounds = {k: getattr(self, k) for k in ("min", "max", "gt", "lt") if getattr(self, k) is not None}
+        if bounds and not numeric:
+            raise ValueError(f"bounds ({', '.join(bounds)}) only apply to int/float, not {self.type}")
+        if self.type == "enum":
+            if not self.choices:
+                raise ValueError("an enum needs `choices`")
+        elif self.choices is not None and self.type != "str":
+            raise ValueError(f"`choices` only apply to enum/str, not {self.type}")
+        if self.item is not None and self.type != "list":
+            raise ValueError("`item` only applies to list")
+        if self.type == "list" and self.item is None:
+            raise ValueError("a list needs `item` (int, float or str)")
+        _check_default(self)
+        return self
+
+
+def _check_default(hp: Hyperparameter) -> None:
+    value = hp.default
+    if value is None:
+        if hp.type == "list":
+            return  # PEFT style: a list field defaults to None, meaning "empty"
+        if not hp.nullable:
+            raise ValueError("`default` is required (or set `nullable: true` to allow None)")
+        return
+    if not _has_type(value, hp.type, hp.item):
+        raise ValueError(f"default {value!r} is not of type {hp.type}")
+    if hp.type in ("enum", "str") and hp.choices is not None and value not in hp.choices:
+        raise ValueError(f"default {value!r} is not one of the choices {hp.choices}")
+    reason = bound_violation(hp, value)
+    if reason:
+        raise ValueError(f"default {value!r} is out of range: {reason}")
+
+
+def _has_type(value: Any, type_: str, item: str | None = None) -> bool:
+    if type_ == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_ == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_ == "bool":
+        return isinstance(value, bool)
+    if type_ in ("str", "enum"):
+        return isinstance(value, str)
+    if type_ == "list":
+        return isinstance(value, list) and all(_has_type(v, item or "str") for v in value)
+    return False
+
+
+def bound_violation(hp: Hyperparameter, value: float) -> str | None:
+    """Why `value` breaks the hyperparameter's bounds, or None."""
+    if hp.min is not None and value < hp.min:
+        return f"must be >= {hp.min:g}"
+    if hp.max is not None and value > hp.max:
+        return f"must be <= {hp.max:g}"
+    if hp.gt is not None and value <= hp.gt:
+        return f"must be > {hp.gt:g}"
+    if hp.lt is not None and value >= hp.lt:
+        return f"must be < {hp.lt:g}"
+    return None
+
+
+class InitCall(_Strict):
+    """An initialiser with arguments, e.g. `{name: normal, std: "1 / r"}`. Arguments are scalar expressions."""
+
+    name: InitName
+    mean: str | float | None = None
+    std: str | float | None = None
+    a: str | float | None = None
+    b: str | float | None = None
+    value: str | float | None = None
+    gain: str | float | None = None
+
+
+Init = Union[InitName, InitCall]
+
+
+class Weight(_Strict):
+    """An adapter tensor, one per adapter and per adapted layer."""
+
+    shape: list[Union[int, str]] = Field(min_length=1, max_length=4)
+    init: Init = Field(description="used when init_weights=True: the adapter must start as a no-op")
+    random_init: Init | None = Field(
+        default=None,
+        description="used when init_weights=False (tests rely on it to get a non-trivial adapter); "
+        "defaults to kaiming_uniform for 2-D and larger, normal for 1-D",
+    )
+    trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
+    shared: bool = Field(default=False, description="shared across layers (VeRA-style); reserved, not supported yet")
+
+    @field_validator("shared")
+    @classmethod
+    def _shared_not_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("weights shared across layers are not supported yet")
+        return value
+
+
+class MethodSpec(_Strict):
+    """A PEFT method described in a few lines of YAML; see docs/spec.md."""
+
+    name: str = Field(description="lowercase identifier: PeftType.NAME, prefix `name_`, package tuners/name")
+    kind: Literal["tuner"] = "tuner"
+    class_prefix: str | None = Field(default=None, description="CamelCase class prefix; defaults to Name")
+    title: str | None = None
+    paper: str | None = None
+    summary: str = ""
+    math: str | None = Field(default=None, description="LaTeX of the update, for docs")
+    hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
+    derived: dict[str, Union[str, float]] = Field(
+        default_factory=dict, description="per-adapter scalars computed from hyperparameters, in order"
+    )
+    dropout: str | None = Field(default=None, description="float hyperparameter used as dropout on the input")
+    weights: Annotated[dict[str, Weight], Field(min_length=1)]
+    delta_weight: str = Field(description="the update as an (out_features, in_features) tensor expression")
+    forward: dict[LayerType, str] = Field(
+        default_factory=dict, description="faster forward per layer type; default: base output + x through delta"
+    )
+    merge: str | None = Field(default=None, description="new weight from `weight` (default: weight + delta)")
+    unmerge: str | None = Field(default=None, description="inverse of `merge` (default: weight - delta)")
+    layers: list[LayerType] = Field(default_factory=lambda: ["Linear"], min_length=1)
+    target_modules: Union[Literal["lora"], dict[str, list[str]]] = Field(
+        default="lora", description='"lora" to reuse LoRA\'s defaults, or model_type -> module names'
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"{value!r} contains a path separator")
+        if keyword.iskeyword(value) or keyword.issoftkeyword(value):
+            raise ValueError(f"{value!r} is a Python keyword")
+        if not value.isidentifier():
+            raise ValueError(f"{value!r} is not a Python identifier")
+        if not _METHOD_NAME.match(value) or value.endswith("_"):
+            raise ValueError(f"{value!r} must be lowercase letters, digits and `_`, not ending in `_`")
+        from scaffold.spec.known_methods import PEFT_METHODS
+
+        if value in PEFT_METHODS:
+            raise ValueError(f"{value!r} collides with PEFT's existing method `{value}`")
+        return value
+
+    @field_validator("class_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not _CLASS_PREFIX.match(value):
+            raise ValueError(f"{value!r} must be a CamelCase identifier")
+        return value
+
+    @field_validator("hyperparameters", "derived", "weights")
+    @classmethod
+    def _check_identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
+                raise ValueError(f"{key!r} is not a valid identifier")
+            if key in RESERVED_NAMES:
+                raise ValueError(f"{key!r} is reserved by the generated code")
+            if key in CONFIG_FIELDS:
+                raise ValueError(f"{key!r} is a field every generated config already has")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _unique_layers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("layer types are listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _check_cross(self) -> MethodSpec:
+        clash = (set(self.hyperparameters) & set(self.weights)) | (set(self.derived) & set(self.weights))
+        clash |= set(self.hyperparameters) & set(self.derived)
+        if clash:
+            raise ValueError(f"names used twice across hyperparameters/derived/weights: {', '.join(sorted(clash))}")
+        if (self.merge is None) != (self.unmerge is None):
+            raise ValueError("`merge` and `unmerge` must be given together")
+        return self
+
+    @property
+    def class_name(self) -> str:
+        return self.class_prefix or self.name.replace("_", " ").title().replace(" ", "")
