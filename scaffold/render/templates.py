@@ -5,17 +5,14 @@ from __future__ import annotations
 import datetime
 import textwrap
 from functools import lru_cache
-from pathlib import Path
 
 import jinja2
 
+from scaffold.resources import resource_dir
+
 
 def template_dir() -> Path:
-    """The wheel ships the templates inside the package; a source checkout keeps them at the repo root."""
-    packaged = Path(__file__).resolve().parent.parent / "templates"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent.parent / "templates"
+    return resource_dir("templates")
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,4 @@
+from scaffold.cli import main
+
+
+main()

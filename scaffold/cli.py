@@ -1,0 +1,232 @@
+"""The `peft-scaffold` command line (typer). Each command is a thin layer over `scaffold.pipeline`.
+
+Exit codes: 0 ok, 1 the work failed, 2 bad input (a bad spec, an unrecognised tree, a refused edit).
+Errors print as one line on stderr, never as a traceback (set PEFT_SCAFFOLD_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from scaffold.errors import FAILURE, ScaffoldError
+
+
+app = typer.Typer(
+    name="peft-scaffold",
+    help="Generate a new PEFT method from a short YAML spec, and register it in a PEFT source tree.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def handle_errors(func: F) -> F:
+    """Turn `ScaffoldError` (and anything unexpected) into one line on stderr and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ScaffoldError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # a bug of ours: still one line, unless debugging
+            if os.environ.get("PEFT_SCAFFOLD_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(FAILURE) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+@handle_errors
+def new(
+    spec: Annotated[Path, typer.Argument(help="The method spec (YAML).", show_default=False)],
+    peft_root: Annotated[
+        Optional[Path],
+        typer.Option("--peft-root", help="A PEFT source tree (with src/peft): generate into it and register."),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Only write the generated files into this directory.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change as a diff; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files generated from a different spec.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the method described by SPEC.
+
+    With --peft-root, the tuner goes to src/peft/tuners/<name>/ with its tests, and the method is registered in
+    the tree (PeftType member, exports). With --out, only the files are written. All edits are computed first
+    and applied atomically: on any error nothing is written.
+    """
+    from scaffold import pipeline
+
+    if (peft_root is None) == (out_dir is None):
+        raise ScaffoldError("new", "give exactly one of --peft-root DIR or --out DIR")
+    if peft_root is not None:
+        generation = pipeline.generate_into_tree(spec, peft_root, force=force)
+        root = peft_root
+    else:
+        assert out_dir is not None
+        generation = pipeline.generate_files_only(spec, out_dir, force=force)
+        root = out_dir
+    changeset = generation.changeset
+    if as_json:
+        emit_json(
+            {
+                "name": generation.plan.name,
+                "root": str(root),
+                "dry_run": dry_run,
+                "up_to_date": generation.up_to_date,
+                "changes": changeset.to_json(),
+                "notes": generation.notes,
+            }
+        )
+    if dry_run:
+        if not as_json:
+            if changeset.is_empty():
+                out.print(f"{generation.plan.name}: up to date; nothing to change.")
+            else:
+                changeset.render_diff(out)
+        return
+    if changeset.is_empty():
+        if not as_json:
+            out.print(f"{generation.plan.name}: up to date; nothing to change.")
+        return
+    applied = changeset.changes
+    changeset.apply()
+    if not as_json:
+        for change in applied:
+            out.print(f"  {change.action:<7} {change.relpath}", highlight=False)
+        for note in generation.notes:
+            out.print(f"  {note}", highlight=False)
+        out.print(f"[green]Generated {generation.plan.title}[/] ({generation.plan.config_cls}) in {root}")
+
+
+@app.command()
+@handle_errors
+def check(
+    spec: Annotated[Path, typer.Argument(help="The method spec (YAML).", show_default=False)],
+    as_json: JsonOption = False,
+) -> None:
+    """Validate SPEC and show what would be generated (classes, weights, files), without writing anything."""
+    from scaffold import pipeline
+    from scaffold.render.files import Layout, paths_for
+
+    plan = pipeline.plan_from_file(spec)
+    files = sorted(paths_for(plan, Layout.PEFT_TREE).values())
+    summary = {
+        "name": plan.name,
+        "peft_type": plan.peft_type,
+        "prefix": plan.prefix,
+        "config_class": plan.config_cls,
+        "model_class": plan.model_cls,
+        "layer_classes": [plan.layer_cls] + [lc.family.class_name for lc in plan.layer_classes],
+        "layer_types": list(plan.spec.layers),
+        "hyperparameters": {hp.name: hp.annotation for hp in plan.hyperparameters},
+        "weights": {w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights},
+        "files": files,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    out.print(f"[green]ok[/] {spec}: {plan.title} -> PeftType.{plan.peft_type}, prefix `{plan.prefix}`")
+    table = Table("item", "value", show_header=False, box=None)
+    table.add_row("config", plan.config_cls)
+    table.add_row("model", plan.model_cls)
+    table.add_row("layers", ", ".join(summary["layer_classes"]))
+    table.add_row("adapts", ", ".join(plan.spec.layers))
+    for hp in plan.hyperparameters:
+        table.add_row(f"  {hp.name}", f"{hp.annotation} = {hp.default}")
+    for w in plan.weights:
+        shape = escape(f"[{', '.join(w.shape_code)}]")
+        table.add_row(f"  {w.attr}", shape + ("" if w.trainable else " (frozen)"))
+    for f in files:
+        table.add_row("file", f)
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def init(
+    name: Annotated[str, typer.Argument(help="The new method's name (lowercase identifier).", show_default=False)],
+    like: Annotated[str, typer.Option("--like", help="Start from this template: lora or blank.")] = "lora",
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Write the spec here (default: stdout).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+) -> None:
+    """Write a starter spec for a new method NAME."""
+    from scaffold.starters import starter_spec
+
+    text = starter_spec(name, like)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    if output.exists() and not force:
+        raise ScaffoldError(str(output), "already exists; pass --force to overwrite")
+    output.write_text(text, encoding="utf-8")
+    out.print(f"Wrote {output}. Next: peft-scaffold check {output}")
+
+
+@app.command()
+@handle_errors
+def schema() -> None:
+    """Print the JSON schema of the method spec (for editors and validators)."""
+    from scaffold.spec.model import MethodSpec
+
+    emit_json(MethodSpec.model_json_schema())
+
+
+@app.command()
+@handle_errors
+def demo(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to put the demo PEFT tree (created; a previous demo there is replaced).")
+    ] = Path("peft-scaffold-demo"),
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the reference LoRA into a fresh PEFT 0.21.2 tree and run its tests.
+
+    Downloads the PEFT sdist once (cached), copies it to DIRECTORY, runs `new` with the reference spec, then
+    runs the generated tests plus ruff and mypy on the generated code, and prints a summary.
+    """
+    from scaffold.demo import run_demo
+
+    run_demo(directory, console=err if as_json else out, as_json=as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

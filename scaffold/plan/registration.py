@@ -1,0 +1,64 @@
+"""What the registrar is told about a planned method: names, target modules, and PEFT test-matrix rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaffold.plan.method import MethodPlan
+from scaffold.register.method import MethodRegistration
+
+
+# PEFT's test models (tests/test_custom_models.py) per layer type: (model id, target modules).
+_TEST_MODELS: dict[str, list[tuple[str, list[str]]]] = {
+    "Linear": [("MLP", ["lin0"]), ("MLP", ["lin0", "lin1"])],
+    "Conv1D": [("EmbConv1D", ["conv1d"])],
+    "Embedding": [("EmbConv1D", ["emb"])],
+    "Conv1d": [("Conv1d", ["conv1d"])],
+    "Conv2d": [("Conv2d", ["conv2d"])],
+    "Conv3d": [("Conv3d", ["conv3d"])],
+}
+
+
+def registration_for(plan: MethodPlan) -> MethodRegistration:
+    title = plan.title
+    cases: list[tuple[str, str, dict[str, Any]]] = []
+    for layer_type in plan.spec.layers:
+        for model_id, targets in _TEST_MODELS[layer_type]:
+            kwargs: dict[str, Any] = {"target_modules": targets}
+            if layer_type == "Conv1D":
+                kwargs["fan_in_fan_out"] = True
+            label = f"{model_id} {'+'.join(targets)}"
+            cases.append((f"Vanilla {label} {title}", model_id, dict(kwargs)))
+            cases.append((f"{label} {title} init_weights=False", model_id, {**kwargs, "init_weights": False}))
+    if "Linear" in plan.spec.layers:
+        cases.append(
+            (f"MLP {title} modules_to_save", "MLP", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})
+        )
+    multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if "Linear" in plan.spec.layers:
+        multi.append(
+            (
+                f"{title} Same",
+                {"target_modules": ["lin0"], "init_weights": False},
+                {"target_modules": ["lin0"], "init_weights": False},
+            )
+        )
+        multi.append(
+            (
+                f"{title} Different",
+                {"target_modules": ["lin0"], "init_weights": False},
+                {"target_modules": ["lin1"], "init_weights": False},
+            )
+        )
+    return MethodRegistration(
+        name=plan.name,
+        peft_type=plan.peft_type,
+        config_cls=plan.config_cls,
+        model_cls=plan.model_cls,
+        exported=(plan.config_cls, plan.model_cls),
+        target_modules=dict(plan.target_modules) if isinstance(plan.target_modules, dict) else None,
+        test_cases=tuple(cases),
+        multiple_active_adapters_cases=tuple(multi),
+        docs_title=title,
+        docs_summary=plan.spec.summary,
+    )
