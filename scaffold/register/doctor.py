@@ -1,0 +1,125 @@
+"""`doctor`: for every method in a tree, which registry sites it is in and what is missing.
+
+Methods are found from `PeftType` members and from the tuner packages that call `register_peft_method(...)`
+(hand-written ones included). A site counts for a method only where PEFT itself does it for such methods
+(`Site.doctor_skip_reason`):
+
+- tuners_init / peft_init / test_config / docs: every method with a package.
+- constants: methods whose package uses a `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` (not prompt learning,
+  X-LoRA, Shadow, trainable tokens, ...); the check is that every mapping the package uses is defined.
+- test_custom_models: the same `target_modules` tuners, except poly (needs task ids; its own test file).
+- optional sites (reported, never a gap): the mapping re-exports (PEFT skips them for hira and osf) and
+  MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES (absent for methods without multi-adapter support, e.g. ln_tuning, osf).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+import libcst.matchers as m
+
+from scaffold.errors import ScaffoldError
+from scaffold.register import _cst
+from scaffold.register.manifest import read_manifest
+from scaffold.register.method import DiscoveredMethod
+from scaffold.register.sites import SITES, Site, peft_type_members
+from scaffold.register.tree import PeftTree
+
+
+_MAPPING_USE = re.compile(r"\bTRANSFORMERS_MODELS_TO_\w+_TARGET_MODULES_MAPPING\b")
+
+OK, MISSING, OPTIONAL_MISSING = "ok", "missing", "missing (optional)"
+
+
+@dataclass(frozen=True)
+class DoctorRow:
+    method: DiscoveredMethod
+    sites: dict[str, str] = field(default_factory=dict)  # site name -> "ok" | "missing" | ... | "n/a: <why>"
+    problems: tuple[str, ...] = ()  # inconsistencies outside the sites (a member without a package, ...)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def gaps(self) -> list[str]:
+        """Required sites the method is missing from."""
+        return [site for site, status in self.sites.items() if status == MISSING]
+
+    @property
+    def optional_gaps(self) -> list[str]:
+        return [site for site, status in self.sites.items() if status == OPTIONAL_MISSING]
+
+    @property
+    def complete(self) -> bool:
+        return not self.gaps and not self.problems
+
+
+def _registration_call(init_source: str, relpath: str) -> dict[str, str] | None:
+    """The keyword arguments (as source text) of the `register_peft_method(...)` call in a package __init__."""
+    tree = _cst.parse(init_source, relpath)
+    for call in m.findall(tree, m.Call(func=m.Name("register_peft_method"))):
+        assert isinstance(call, cst.Call)
+        return {
+            arg.keyword.value: cst.Module([]).code_for_node(arg.value) for arg in call.args if arg.keyword is not None
+        }
+    return None
+
+
+def _string(code: str) -> str:
+    return code.strip("\"'")
+
+
+def discover_methods(tree: PeftTree) -> list[DiscoveredMethod]:
+    """All methods of the tree, sorted by name."""
+    members = peft_type_members((tree.root / "src/peft/utils/peft_types.py").read_text(encoding="utf-8"))
+    found: dict[str, DiscoveredMethod] = {}
+    for package in sorted(p for p in tree.tuners_dir.iterdir() if (p / "__init__.py").is_file()):
+        rel = f"src/peft/tuners/{package.name}/__init__.py"
+        kwargs = _registration_call((package / "__init__.py").read_text(encoding="utf-8"), rel)
+        if kwargs is None or "name" not in kwargs:
+            continue  # e.g. tuners/mixed: a helper package, not a method
+        name = _string(kwargs["name"])
+        source = "\n".join(p.read_text(encoding="utf-8") for p in sorted(package.rglob("*.py")))
+        found[name] = DiscoveredMethod(
+            name=name,
+            peft_type=name.upper(),
+            config_cls=kwargs.get("config_cls", ""),
+            model_cls=kwargs.get("model_cls", ""),
+            has_package=True,
+            constant_names=tuple(sorted(set(_MAPPING_USE.findall(source)))),
+            generated=read_manifest(tree.root, name) is not None,
+        )
+    for member in members:
+        if member.lower() not in found:
+            found[member.lower()] = DiscoveredMethod(name=member.lower(), peft_type=member)
+    return [found[k] for k in sorted(found)]
+
+
+def doctor(tree: PeftTree, name: str | None = None, sites: list[Site] = SITES) -> list[DoctorRow]:
+    methods = discover_methods(tree)
+    if name is not None:
+        methods = [method for method in methods if method.name == name]
+        if not methods:
+            raise ScaffoldError(name, "no such method in this tree (no PeftType member, no tuner package)")
+    return [_check(tree, method, sites) for method in methods]
+
+
+def _check(tree: PeftTree, method: DiscoveredMethod, sites: list[Site]) -> DoctorRow:
+    statuses: dict[str, str] = {}
+    for site in sites:
+        reason = site.doctor_skip_reason(tree, method)
+        if reason is not None:
+            statuses[site.name] = f"n/a: {reason}"
+        elif site.doctor_is_registered(tree, method):
+            statuses[site.name] = OK
+        else:
+            statuses[site.name] = MISSING if site.required else OPTIONAL_MISSING
+    problems = []
+    if not method.has_package:
+        problems.append(
+            f"PeftType.{method.peft_type} has no package calling register_peft_method(name={method.name!r})"
+        )
+    return DoctorRow(method=method, sites=statuses, problems=tuple(problems))

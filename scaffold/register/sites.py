@@ -1,0 +1,748 @@
+"""The registry sites of a PEFT tree: one small transform per site, each with its inverse and a check.
+
+Every site mirrors how PEFT 0.19-0.21 registered `tinylora` and `supertuning` by hand:
+
+    peft_types            src/peft/utils/peft_types.py    `PeftType` member (+ the docstring's member list)
+    tuners_init           src/peft/tuners/__init__.py     `from .<name> import <Config>, <Model>` + `__all__`
+    peft_init             src/peft/__init__.py            names in `from .tuners import (...)` + `__all__`
+    constants             src/peft/utils/constants.py     `TRANSFORMERS_MODELS_TO_<TYPE>_TARGET_MODULES_MAPPING`
+    reexport_other        src/peft/utils/other.py         the mapping in `from .constants import (...)` + `__all__`
+    reexport_utils        src/peft/utils/__init__.py      the mapping in `from .other import (...)` + `__all__`
+    test_config           tests/test_config.py            import + `ALL_CONFIG_CLASSES` row
+    test_custom_models    tests/test_custom_models.py     import + a bannered block of `TEST_CASES` rows
+    test_custom_models_multi  tests/test_custom_models.py `MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES` rows
+    docs_page             docs/source/package_reference/<name>.md
+    docs_toctree          docs/source/_toctree.yml        entries in the method lists (Methods > Adapters, API reference > Tuners)
+
+PEFT's "Add a new PEFT method" checklist (docs/source/developer_guides/contributing.md) and what covers it:
+  - new `PeftType` entry                               -> peft_types
+  - tuner package under src/peft/tuners/ (config.py, model.py, layer.py, __init__.py with
+    `register_peft_method(...)`)                       -> the generator (templates), not the registrar
+  - export config/model from tuners/__init__.py and peft/__init__.py -> tuners_init, peft_init
+  - default target modules in utils/constants.py     -> constants (+ reexport_other/reexport_utils, as PEFT does)
+  - the test matrix in tests/test_custom_models.py   -> test_custom_models, test_custom_models_multi
+  - the full test suite (test_config.py, ...)         -> test_config; the transformers-model matrices
+    (test_decoder_models.py, test_encoder_decoder_models.py, test_feature_extraction_models.py,
+    test_seq_classifier.py) need Hub models and method-specific kwargs and are NOT registered
+  - docs page in package_reference/ + _toctree.yml    -> docs_page, docs_toctree (when the tree has docs/)
+  - `papers` attribute on the config, style checks, examples/, method_comparison/ benchmark settings,
+    quantization support                               -> not the registrar's job
+
+Per-method lists elsewhere in test_custom_models.py (e.g. the `config_cls` parametrisations of
+`test_multiple_adapters_mixed_modules_to_save*`, `MIXED_ADAPTER_TEST_CASES`) are opt-in in PEFT: most methods,
+tinylora included, are absent, and entries need method-specific kwargs. They are not registered.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from io import StringIO
+from typing import Any
+
+import libcst as cst
+import libcst.matchers as m
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from scaffold.errors import ScaffoldError
+from scaffold.register import _cst
+from scaffold.register import transforms as t
+from scaffold.register.method import DiscoveredMethod, MethodNames, MethodRegistration
+from scaffold.register.tree import PeftTree
+
+
+class Site(ABC):
+    name: str
+    relpath: str  # may contain "{name}", the method name
+    # False: PEFT itself leaves this out for some complete methods, so `doctor` reports it as optional, not a gap.
+    required: bool = True
+
+    def path(self, method_name: str) -> str:
+        return self.relpath.format(name=method_name)
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        """Why this site does not apply to registering `reg` in `tree` (None: it applies)."""
+        return None
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        """Why this site does not apply to an existing method (None: it should be registered here)."""
+        return None
+
+    @abstractmethod
+    def apply(self, source: str | None, reg: MethodRegistration) -> str | None:
+        """The file's new text with `reg` registered (unchanged if it already is). None deletes the file."""
+
+    @abstractmethod
+    def remove(self, source: str | None, reg: MethodRegistration) -> str | None:
+        """The inverse of `apply`: `remove(apply(x)) == x`."""
+
+    @abstractmethod
+    def is_registered(self, source: str | None, method: MethodNames) -> bool: ...
+
+    def doctor_is_registered(self, tree: PeftTree, method: DiscoveredMethod) -> bool:
+        """`is_registered` for an existing method, reading the tree."""
+        path = tree.root / self.path(method.name)
+        return self.is_registered(path.read_text(encoding="utf-8") if path.is_file() else None, method)
+
+    def _require(self, source: str | None, method_name: str) -> str:
+        if source is None:
+            raise ScaffoldError(self.path(method_name), "file not found; expected in a PEFT source tree")
+        return source
+
+    def __repr__(self) -> str:
+        return f"<site {self.name}: {self.relpath}>"
+
+
+def _tests_skip(tree: PeftTree) -> str | None:
+    return None if tree.has_tests else "tree has no tests/"
+
+
+def _no_package(method: DiscoveredMethod) -> str | None:
+    return None if method.has_package else "no package in src/peft/tuners/"
+
+
+# -- 1. PeftType -----------------------------------------------------------------------------------------------------
+
+
+class PeftTypeSite(Site):
+    name = "peft_types"
+    relpath = "src/peft/utils/peft_types.py"
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddEnumMember, class_name="PeftType", member=reg.peft_type),
+            # PEFT keeps a "Supported PEFT types" list in the docstring (not every method is in it); extend it.
+            partial(t.AddDocstringItem, class_name="PeftType", item=reg.peft_type),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveDocstringItem, class_name="PeftType", item=reg.peft_type),
+            partial(t.RemoveEnumMember, class_name="PeftType", member=reg.peft_type),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        return source is not None and method.peft_type in peft_type_members(source)
+
+
+def peft_type_members(source: str) -> list[str]:
+    found = t.find_class(_cst.parse(source, PeftTypeSite.relpath), "PeftType")
+    if found is None:
+        raise ScaffoldError(PeftTypeSite.relpath, "expected `class PeftType(...)` with string members")
+    return [name for _, name, _ in t.enum_members(found[1])]
+
+
+# -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
+
+
+class TunersInitSite(Site):
+    name = "tuners_init"
+    relpath = "src/peft/tuners/__init__.py"
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddPackageImport, package=reg.name, names=reg.exported),
+            partial(t.AddToDunderAll, names=reg.exported),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveFromDunderAll, names=reg.exported),
+            partial(t.RemovePackageImport, package=reg.name),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        tree = _cst.parse(source, self.relpath)
+        imported = t.imported_names(tree, 1, method.name)
+        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return _no_package(method)
+
+
+# -- 3. peft/__init__.py ---------------------------------------------------------------------------------------------
+
+
+class PeftInitSite(Site):
+    name = "peft_init"
+    relpath = "src/peft/__init__.py"
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddImportedNames, level=1, module="tuners", names=reg.exported),
+            partial(t.AddToDunderAll, names=reg.exported),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveFromDunderAll, names=reg.exported),
+            partial(t.RemoveImportedNames, level=1, module="tuners", names=reg.exported),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        tree = _cst.parse(source, self.relpath)
+        imported = t.imported_names(tree, 1, "tuners")
+        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return _no_package(method)
+
+
+# -- 4. target-module mapping ----------------------------------------------------------------------------------------
+
+LORA_MAPPING = "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
+_MAPPING = re.compile(r"^TRANSFORMERS_MODELS_TO_\w+_TARGET_MODULES_MAPPING$")
+
+
+def _lora_copy_block_end(body: Sequence[cst.CSTNode]) -> int | None:
+    """The last statement of PEFT's "identical to LORA" block: the run of statements, without blank lines
+    between them, that starts at the first `X = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`."""
+    copy_of_lora = m.Call(func=m.Attribute(value=m.Name(LORA_MAPPING), attr=m.Name("copy")))
+    start = next(
+        (i for i, s in enumerate(body) if m.matches(_cst.assigned_value(s) or cst.Name("_"), copy_of_lora)), None
+    )
+    if start is None:
+        return None
+    end = start
+    while end + 1 < len(body) and not getattr(body[end + 1], "leading_lines", ()):
+        end += 1
+    return end
+
+
+def _last_mapping(body: Sequence[cst.CSTNode]) -> int | None:
+    """The last top-level statement assigning to (or into) a TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING."""
+    last = None
+    for i, stmt in enumerate(body):
+        name = _cst.assigned_name(stmt)
+        if name is None and m.matches(
+            stmt, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(m.Subscript(value=m.Name()))])])
+        ):
+            name = stmt.body[0].targets[0].target.value.value  # type: ignore[attr-defined]
+        if name is not None and _MAPPING.match(name):
+            last = i
+    return last
+
+
+class ConstantsSite(Site):
+    name = "constants"
+    relpath = "src/peft/utils/constants.py"
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        const = reg.constant_name
+        if reg.target_modules is None:
+            # Same targets as LoRA: one line at the end of the "identical to LORA" block, like tinylora.
+            code = f"{const} = {LORA_MAPPING}.copy()\n"
+            if len(code) - 1 > _cst.LINE_LENGTH:
+                code = f"{const} = (\n    {LORA_MAPPING}.copy()\n)\n"
+            edit = partial(
+                t.AddAssignment,
+                name=const,
+                code=code,
+                anchor=_lora_copy_block_end,
+                anchor_description=f"a block of `X = {LORA_MAPPING}.copy()` lines",
+                blank_line_before=False,
+            )
+        else:
+            # Own mapping: a dict after the last mapping, separated by a blank line, like WAVEFT/OSF.
+            mapping = {k: list(v) if not isinstance(v, str) else v for k, v in reg.target_modules.items()}
+            code = f"{const} = " + _cst.format_literal(mapping, 0, explode=True) + "\n"
+            edit = partial(
+                t.AddAssignment,
+                name=const,
+                code=code,
+                anchor=_last_mapping,
+                anchor_description="`TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` assignments",
+                blank_line_before=True,
+            )
+        return t.run(src, self.relpath, edit)
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(src, self.relpath, partial(t.RemoveAssignment, name=reg.constant_name))
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        body = _cst.parse(source, self.relpath).body
+        return all(_cst.find_assignment(body, c) is not None for c in method.constant_names)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return None if method.constant_names else "uses no target-module mapping"
+
+
+# -- 5. re-exports of the mapping ------------------------------------------------------------------------------------
+
+
+class ReexportSite(Site):
+    """The mapping re-exported through `from .<module> import (...)` and `__all__` (PEFT does it for all but a few
+    methods, e.g. hira and osf, so `doctor` treats it as optional)."""
+
+    required = False
+
+    def __init__(self, name: str, relpath: str, module: str) -> None:
+        self.name, self.relpath, self.module = name, relpath, module
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        names = reg.constant_names
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddImportedNames, level=1, module=self.module, names=names),
+            partial(t.AddToDunderAll, names=names),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        names = reg.constant_names
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveFromDunderAll, names=names),
+            partial(t.RemoveImportedNames, level=1, module=self.module, names=names),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        tree = _cst.parse(source, self.relpath)
+        imported = t.imported_names(tree, 1, self.module)
+        return all(c in imported and c in t.dunder_all_names(tree) for c in method.constant_names)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return None if method.constant_names else "uses no target-module mapping"
+
+
+# -- tests -----------------------------------------------------------------------------------------------------------
+
+
+class _RemoveUnusedImport(t._Edit):
+    """Drop `names` from `from peft import (...)` when nothing else in the module uses them."""
+
+    def __init__(self, context: Any, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.names = names
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        unused = [n for n in self.names if len(m.findall(tree, m.Name(n))) <= 1]
+        return t.RemoveImportedNames(self.context, 0, "peft", unused).transform_module_impl(tree)
+
+
+class TestConfigSite(Site):
+    name = "test_config"
+    relpath = "tests/test_config.py"
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _tests_skip(tree)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return _tests_skip(tree) or _no_package(method)
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        row = t.literal_row((_cst.Code(reg.config_cls), dict(reg.config_mandatory_kwargs)))
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
+            partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row]),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveRows, name="ALL_CONFIG_CLASSES", position=0, cls=reg.config_cls),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        count = t.row_count(_cst.parse(source, self.relpath), "ALL_CONFIG_CLASSES", 0, method.config_cls)
+        return bool(count)
+
+
+# Methods with a target-module mapping that PEFT deliberately leaves out of the custom-model TEST_CASES.
+NOT_CUSTOM_MODEL_TESTABLE = {
+    "poly": "needs task ids in forward; tested in tests/test_poly.py",
+}
+
+
+class TestCustomModelsSite(Site):
+    """A bannered block of TEST_CASES rows (desc, model id, Config, kwargs), appended at the end like PEFT does."""
+
+    name = "test_custom_models"
+    relpath = "tests/test_custom_models.py"
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _tests_skip(tree) or (None if reg.test_cases else "no test cases given")
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        # PEFT's custom-model matrix covers methods injected by `target_modules` into arbitrary nn.Modules, i.e.
+        # the ones with a target-module mapping; prompt learning, X-LoRA, Shadow etc. are tested elsewhere.
+        if reason := _tests_skip(tree) or _no_package(method):
+            return reason
+        if not method.constant_names:
+            return "not a target_modules tuner; not in the custom-model matrix"
+        return NOT_CUSTOM_MODEL_TESTABLE.get(method.name)
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        rows = [
+            t.literal_row((desc, model_id, _cst.Code(reg.config_cls), kwargs))
+            for desc, model_id, kwargs in reg.test_cases
+        ]
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
+            partial(t.AddRows, name="TEST_CASES", rows=rows, banner=t.banner(reg.title)),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveRows, name="TEST_CASES", position=2, cls=reg.config_cls, banner=t.banner(reg.title)),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        return bool(t.row_count(_cst.parse(source, self.relpath), "TEST_CASES", 2, method.config_cls))
+
+
+class TestMultipleAdaptersSite(Site):
+    """MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES rows: (desc, method name, Config, kwargs1, kwargs2). Optional in PEFT
+    (methods without multi-adapter support, e.g. ln_tuning and osf, have none)."""
+
+    name = "test_custom_models_multi"
+    relpath = "tests/test_custom_models.py"
+    required = False
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _tests_skip(tree) or (None if reg.multiple_active_adapters_cases else "no multi-adapter cases given")
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return TestCustomModelsSite().doctor_skip_reason(tree, method)
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        rows = [
+            t.literal_row((desc, reg.name, _cst.Code(reg.config_cls), k1, k2))
+            for desc, k1, k2 in reg.multiple_active_adapters_cases
+        ]
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
+            partial(t.AddRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", rows=rows),
+        )
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        return t.run(
+            src,
+            self.relpath,
+            partial(t.RemoveRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", position=2, cls=reg.config_cls),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        tree = _cst.parse(source, self.relpath)
+        return bool(t.row_count(tree, "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2, method.config_cls))
+
+
+# -- 8. docs ---------------------------------------------------------------------------------------------------------
+
+DOCS_DIR = "docs/source/package_reference"
+TOCTREE = "docs/source/_toctree.yml"
+
+_LICENSE = """<!--Copyright {year} The HuggingFace Team. All rights reserved.
+
+Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+the License. You may obtain a copy of the License at
+
+http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software distributed under the License is distributed on
+an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the License for the
+specific language governing permissions and limitations under the License.
+
+⚠️ Note that this file is in Markdown but contain specific syntax for our doc-builder (similar to MDX) that may not be
+rendered properly in your Markdown viewer.
+
+-->
+"""
+
+
+def _docs_skip(tree: PeftTree) -> str | None:
+    return None if tree.has_docs else "tree has no docs/"
+
+
+def docs_page(reg: MethodRegistration, year: int | None = None) -> str:
+    """The package_reference page, in the layout of PEFT's method pages (tinylora.md, supertuning.md)."""
+    parts = [_LICENSE.format(year=year or datetime.date.today().year), f"# {reg.title}\n"]
+    if reg.docs_summary.strip():
+        parts.append(reg.docs_summary.strip() + "\n")
+    for cls, module in ((reg.config_cls, "config"), (reg.model_cls, "model")):
+        parts.append(f"## {cls}\n\n[[autodoc]] tuners.{reg.name}.{module}.{cls}\n")
+    return "\n".join(parts)
+
+
+class DocsPageSite(Site):
+    name = "docs_page"
+    relpath = DOCS_DIR + "/{name}.md"
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _docs_skip(tree)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return _docs_skip(tree) or _no_package(method)
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        return source if source is not None else docs_page(reg)  # an existing page is the author's
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> None:
+        return None
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        return source is not None and f"[[autodoc]] tuners.{method.name}." in source
+
+    def doctor_is_registered(self, tree: PeftTree, method: DiscoveredMethod) -> bool:
+        return find_docs_page(tree, method.name) is not None
+
+
+def find_docs_page(tree: PeftTree, method_name: str) -> str | None:
+    """The page documenting a method: PEFT names some pages differently (ln_tuning -> layernorm_tuning.md)."""
+    directory = tree.root / DOCS_DIR
+    own = directory / f"{method_name}.md"
+    marker = f"[[autodoc]] tuners.{method_name}."
+    if own.is_file() and marker in own.read_text(encoding="utf-8"):
+        return f"{DOCS_DIR}/{method_name}.md"
+    for page in sorted(directory.glob("*.md")):
+        if marker in page.read_text(encoding="utf-8"):
+            return f"{DOCS_DIR}/{page.name}"
+    return None
+
+
+# The method lists of the toctree are the sections that list these pages directly.
+_ANCHOR_PAGES = ("package_reference/loha", "package_reference/lora", "package_reference/vera")
+
+
+@dataclass(frozen=True)
+class _TocEntry:
+    start: int  # first line (0-based) of the "- local: ..." item
+    end: int  # one past its last non-blank line
+    dash_col: int
+    title: str
+    local: str
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def _load_toc(text: str) -> Any:
+    try:
+        return _yaml().load(text)
+    except YAMLError as exc:
+        raise ScaffoldError(TOCTREE, f"is not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def _sequences(node: Any) -> list[CommentedSeq]:
+    out = []
+    if isinstance(node, CommentedSeq):
+        out.append(node)
+        for item in node:
+            out.extend(_sequences(item))
+    elif isinstance(node, CommentedMap):
+        for value in node.values():
+            out.extend(_sequences(value))
+    return out
+
+
+def _entries(seq: CommentedSeq, lines: list[str]) -> list[_TocEntry]:
+    """The items of a YAML sequence with their line ranges (ruamel gives each item's start line and column)."""
+    out = []
+    for i, item in enumerate(seq):
+        line, col = seq.lc.item(i)
+        dash = lines[line].index("-", 0, col + 1) if "-" in lines[line][: col + 1] else col - 2
+        if i + 1 < len(seq):
+            nxt = seq.lc.item(i + 1)[0]
+        else:  # the last item runs until a line indented no deeper than its dash
+            nxt = line + 1
+            while nxt < len(lines) and (not lines[nxt].strip() or _indent(lines[nxt]) > dash):
+                nxt += 1
+        end = nxt
+        while end > line + 1 and not lines[end - 1].strip():
+            end -= 1
+        title = str(item.get("title", "")) if isinstance(item, CommentedMap) else ""
+        local = str(item.get("local", "")) if isinstance(item, CommentedMap) else ""
+        out.append(_TocEntry(line, end, dash, title, local))
+    return out
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _yaml_scalar(text: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._()+/-]*", text) and not text.endswith(" "):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _method_lists(data: Any) -> list[CommentedSeq]:
+    return [
+        seq
+        for seq in _sequences(data)
+        if any(isinstance(it, CommentedMap) and it.get("local") in _ANCHOR_PAGES for it in seq)
+    ]
+
+
+class DocsToctreeSite(Site):
+    """Entries in the toctree's method lists. The edit is a line splice at positions ruamel.yaml reports, then
+    re-parsed: a ruamel round-trip dump would re-indent the file, whose sections use different indentations."""
+
+    name = "docs_toctree"
+    relpath = TOCTREE
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _docs_skip(tree)
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        return _docs_skip(tree) or _no_package(method)
+
+    def apply(self, source: str | None, reg: MethodRegistration) -> str:
+        text = self._require(source, reg.name)
+        local = f"package_reference/{reg.name}"
+        data = _load_toc(text)
+        targets = _method_lists(data)
+        if not targets:
+            raise ScaffoldError(self.relpath, f"expected a list of method pages (with `local: {_ANCHOR_PAGES[0]}`)")
+        lines = text.splitlines(keepends=True)
+        newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+        inserts: list[tuple[int, list[str]]] = []
+        for seq in targets:
+            entries = _entries(seq, lines)
+            if any(e.local == local for e in entries):
+                continue
+            at = _cst.insertion_index([e.title for e in entries], reg.title, _cst.plain_key)
+            ref = entries[min(at, len(entries) - 1)]
+            pad = " " * ref.dash_col
+            block = [f"{pad}- local: {local}{newline}", f"{pad}  title: {_yaml_scalar(reg.title)}{newline}"]
+            line = entries[at].start if at < len(entries) else entries[-1].end
+            inserts.append((line, block))
+        for line, block in sorted(inserts, reverse=True):
+            if line == len(lines) and lines and not lines[-1].endswith(("\n", "\r")):
+                lines[-1] += newline
+            lines[line:line] = block
+        new = "".join(lines)
+        if not self.is_registered(new, reg):
+            raise ScaffoldError(self.relpath, "the new toctree entry did not parse back; not editing")
+        return new
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        text = self._require(source, reg.name)
+        local = f"package_reference/{reg.name}"
+        lines = text.splitlines(keepends=True)
+        spans = []
+        for seq in _sequences(_load_toc(text)):
+            entries = _entries(seq, lines)
+            if len(entries) > 1:
+                spans += [(e.start, e.end) for e in entries if e.local == local]
+        for start, end in sorted(spans, reverse=True):
+            del lines[start:end]
+        return "".join(lines)
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        if source is None:
+            return False
+        pages = {f"package_reference/{method.name}"}
+        return any(
+            isinstance(it, CommentedMap) and it.get("local") in pages
+            for seq in _sequences(_load_toc(source))
+            for it in seq
+        )
+
+    def doctor_is_registered(self, tree: PeftTree, method: DiscoveredMethod) -> bool:
+        page = find_docs_page(tree, method.name)
+        toc = tree.root / self.relpath
+        if page is None or not toc.is_file():
+            return False
+        local = page.removeprefix("docs/source/").removesuffix(".md")
+        return local in toctree_locals(toc.read_text(encoding="utf-8"))
+
+
+def toctree_locals(source: str) -> set[str]:
+    return {
+        str(it.get("local"))
+        for seq in _sequences(_load_toc(source))
+        for it in seq
+        if isinstance(it, CommentedMap) and it.get("local")
+    }
+
+
+def dump_yaml(data: Any) -> str:
+    buf = StringIO()
+    _yaml().dump(data, buf)
+    return buf.getvalue()
+
+
+# -- the list ----------------------------------------------------------------------------------------------------------
+
+SITES: list[Site] = [
+    PeftTypeSite(),
+    TunersInitSite(),
+    PeftInitSite(),
+    ConstantsSite(),
+    ReexportSite("reexport_other", "src/peft/utils/other.py", "constants"),
+    ReexportSite("reexport_utils", "src/peft/utils/__init__.py", "other"),
+    TestConfigSite(),
+    TestCustomModelsSite(),
+    TestMultipleAdaptersSite(),
+    DocsPageSite(),
+    DocsToctreeSite(),
+]
+
+# Enough for PEFT to import and `get_peft_model` the method (used by `new --peft-root` before the full registrar).
+MINIMAL_SITES: list[Site] = SITES[:3]

@@ -1,0 +1,489 @@
+"""Small libcst codemods, each one edit of one kind, each with its inverse. The sites compose them.
+
+Every codemod leaves the module unchanged when its edit is already there (adding) or already gone (removing),
+so running a site twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.codemod import Codemod, CodemodContext
+
+from scaffold.errors import ScaffoldError
+from scaffold.register import _cst
+
+
+def run(source: str, relpath: str, *codemods: Callable[[CodemodContext], Codemod]) -> str:
+    """Parse `source`, apply the codemods in order, return the new code (identical text if nothing changed)."""
+    tree = _cst.parse(source, relpath)
+    for make in codemods:
+        tree = make(CodemodContext(filename=relpath)).transform_module(tree)
+    return tree.code
+
+
+def inspect_module(source: str, relpath: str) -> cst.Module:
+    return _cst.parse(source, relpath)
+
+
+class _Edit(Codemod):
+    def fail(self, expected: str) -> ScaffoldError:
+        return ScaffoldError(self.context.filename or "?", f"expected {expected}")
+
+
+# -- __all__ -----------------------------------------------------------------------------------------------------
+
+
+def _dunder_all(body: Sequence[cst.CSTNode]) -> tuple[int, cst.List | cst.Tuple] | None:
+    index = _cst.find_assignment(body, "__all__")
+    if index is None:
+        return None
+    value = _cst.assigned_value(body[index])
+    if not isinstance(value, (cst.List, cst.Tuple)):
+        return None
+    return index, value
+
+
+def _replace_value(stmt: cst.CSTNode, value: cst.BaseExpression) -> cst.CSTNode:
+    small = stmt.body[0]  # type: ignore[attr-defined]
+    return stmt.with_changes(body=[small.with_changes(value=value)])
+
+
+class AddToDunderAll(_Edit):
+    """Add names to the top-level `__all__` list, in its order (ruff RUF022) or at the end if it is unsorted."""
+
+    def __init__(self, context: CodemodContext, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.names = names
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _dunder_all(tree.body)
+        if found is None:
+            raise self.fail("a top-level `__all__ = [...]` list of strings")
+        index, value = found
+        for name in self.names:
+            existing = _cst.string_values(value)
+            if name in existing:
+                continue
+            at = _cst.insertion_index(existing, name, _cst.dunder_all_key)
+            value = _cst.insert_item(value, at, _cst.element(f'"{name}"'))
+        body: list[Any] = list(tree.body)
+        body[index] = _replace_value(body[index], value)
+        return tree.with_changes(body=body)
+
+
+class RemoveFromDunderAll(_Edit):
+    def __init__(self, context: CodemodContext, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.names = names
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _dunder_all(tree.body)
+        if found is None:
+            return tree
+        index, value = found
+        for name in self.names:
+            existing = _cst.string_values(value)
+            positions = [i for i, el in enumerate(value.elements) if _string_of(el) == name]
+            if positions and len(existing) > 1:
+                value = _cst.remove_item(value, positions[0])
+        body: list[Any] = list(tree.body)
+        body[index] = _replace_value(body[index], value)
+        return tree.with_changes(body=body)
+
+
+def _string_of(el: cst.BaseElement) -> str | None:
+    if isinstance(el.value, cst.SimpleString):
+        value = el.value.evaluated_value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def dunder_all_names(tree: cst.Module) -> list[str]:
+    found = _dunder_all(tree.body)
+    return _cst.string_values(found[1]) if found else []
+
+
+# -- names in an existing `from X import (...)` ------------------------------------------------------------------
+
+
+class AddImportedNames(_Edit):
+    """Add names to an existing `from <module> import (...)` statement, in ruff's isort order."""
+
+    def __init__(self, context: CodemodContext, level: int, module: str, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.level, self.module_name, self.names = level, module, names
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _cst.find_import_from(tree.body, self.level, self.module_name)
+        if found is None or isinstance(found[1].names, cst.ImportStar):
+            raise self.fail(f"a top-level `from {'.' * self.level}{self.module_name} import (...)`")
+        index, node = found
+        for name in self.names:
+            existing = _cst.import_names(node)
+            if name in existing:
+                continue
+            at = _cst.insertion_index(existing, name, _cst.import_name_key)
+            node = _cst.insert_item(node, at, cst.ImportAlias(name=cst.Name(name)))
+        body: list[Any] = list(tree.body)
+        body[index] = body[index].with_changes(body=[node])  # type: ignore[attr-defined]
+        return tree.with_changes(body=body)
+
+
+class RemoveImportedNames(_Edit):
+    def __init__(self, context: CodemodContext, level: int, module: str, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.level, self.module_name, self.names = level, module, names
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _cst.find_import_from(tree.body, self.level, self.module_name)
+        if found is None:
+            return tree
+        index, node = found
+        for name in self.names:
+            existing = _cst.import_names(node)
+            if name in existing and len(existing) > 1:
+                node = _cst.remove_item(node, existing.index(name))
+        body: list[Any] = list(tree.body)
+        body[index] = body[index].with_changes(body=[node])  # type: ignore[attr-defined]
+        return tree.with_changes(body=body)
+
+
+def imported_names(tree: cst.Module, level: int, module: str) -> list[str]:
+    found = _cst.find_import_from(tree.body, level, module)
+    return _cst.import_names(found[1]) if found else []
+
+
+# -- a whole `from .<package> import A, B` statement ---------------------------------------------------------------
+
+
+def _sibling_imports(body: Sequence[cst.CSTNode]) -> list[tuple[int, str]]:
+    """(index, module) of the top-level `from .<single name> import ...` statements."""
+    out = []
+    for i, stmt in enumerate(body):
+        if m.matches(stmt, m.SimpleStatementLine(body=[m.ImportFrom()])):
+            level, module = _cst.relative_module(stmt.body[0])  # type: ignore[attr-defined]
+            if level == 1 and module and "." not in module:
+                out.append((i, module))
+    return out
+
+
+class AddPackageImport(_Edit):
+    """Add `from .<package> import A, B` among the other `from .<x> import` lines, sorted by module like isort."""
+
+    def __init__(self, context: CodemodContext, package: str, names: Sequence[str]) -> None:
+        super().__init__(context)
+        self.package = package
+        self.names = sorted(names, key=_cst.import_name_key)
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        if _cst.find_import_from(tree.body, 1, self.package) is not None:
+            return AddImportedNames(self.context, 1, self.package, self.names).transform_module_impl(tree)
+        siblings = _sibling_imports(tree.body)
+        if not siblings:
+            raise self.fail("`from .<package> import ...` lines for the tuner packages")
+        modules = [mod for _, mod in siblings]
+        at = _cst.insertion_index(modules, self.package, _cst.module_key)
+        body: list[Any] = list(tree.body)
+        stmt = _cst.import_from_line(1, self.package, self.names)
+        if at == 0:
+            _cst.insert_statement(body, siblings[0][0], stmt, displace=True)
+        else:
+            _cst.insert_statement(body, siblings[at - 1][0] + 1, stmt)
+        return tree.with_changes(body=body)
+
+
+class RemovePackageImport(_Edit):
+    def __init__(self, context: CodemodContext, package: str) -> None:
+        super().__init__(context)
+        self.package = package
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _cst.find_import_from(tree.body, 1, self.package)
+        if found is None:
+            return tree
+        index = found[0]
+        siblings = [i for i, _ in _sibling_imports(tree.body)]
+        body: list[Any] = list(tree.body)
+        # The first import of the group was inserted with `displace`: give its heading back.
+        _cst.remove_statement(body, index, transfer_leading=index == siblings[0])
+        return tree.with_changes(body=body)
+
+
+# -- enum members ----------------------------------------------------------------------------------------------------
+
+
+def find_class(tree: cst.Module, name: str) -> tuple[int, cst.ClassDef] | None:
+    for i, stmt in enumerate(tree.body):
+        if isinstance(stmt, cst.ClassDef) and stmt.name.value == name:
+            return i, stmt
+    return None
+
+
+def enum_members(cls: cst.ClassDef) -> list[tuple[int, str, str | None]]:
+    """(body index, member name, string value) of `NAME = "value"` statements in a class body."""
+    out = []
+    body = cls.body.body if isinstance(cls.body, cst.IndentedBlock) else ()
+    for i, stmt in enumerate(body):
+        name = _cst.assigned_name(stmt)
+        value = _cst.assigned_value(stmt)
+        if name is not None:
+            text = value.evaluated_value if isinstance(value, cst.SimpleString) else None
+            out.append((i, name, text if isinstance(text, str) else None))
+    return out
+
+
+class AddEnumMember(_Edit):
+    """Add `MEMBER = "MEMBER"` to a `class X(str, enum.Enum)` (at the end: PEFT's enums are in insertion order)."""
+
+    def __init__(self, context: CodemodContext, class_name: str, member: str) -> None:
+        super().__init__(context)
+        self.class_name, self.member = class_name, member
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = find_class(tree, self.class_name)
+        members = enum_members(found[1]) if found else []
+        if found is None or not members or any(v is None for _, _, v in members):
+            raise self.fail(f"`class {self.class_name}(...)` with string members")
+        index, cls = found
+        if any(name == self.member for _, name, _ in members):
+            return tree
+        body = list(cls.body.body)
+        names = [name for _, name, _ in members]
+        at = _cst.insertion_index(names, self.member, _cst.plain_key)
+        position = members[at][0] if at < len(members) else members[-1][0] + 1
+        _cst.insert_statement(body, position, cst.parse_statement(f'{self.member} = "{self.member}"\n'))
+        new_cls = cls.with_changes(body=cls.body.with_changes(body=body))
+        return tree.with_changes(body=[*tree.body[:index], new_cls, *tree.body[index + 1 :]])
+
+
+class RemoveEnumMember(_Edit):
+    def __init__(self, context: CodemodContext, class_name: str, member: str) -> None:
+        super().__init__(context)
+        self.class_name, self.member = class_name, member
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = find_class(tree, self.class_name)
+        if found is None:
+            return tree
+        index, cls = found
+        positions = [i for i, name, _ in enum_members(cls) if name == self.member]
+        if not positions:
+            return tree
+        body = list(cls.body.body)
+        _cst.remove_statement(body, positions[0], transfer_leading=True)
+        new_cls = cls.with_changes(body=cls.body.with_changes(body=body))
+        return tree.with_changes(body=[*tree.body[:index], new_cls, *tree.body[index + 1 :]])
+
+
+# -- a "- ITEM" line in a class docstring ---------------------------------------------------------------------------
+
+
+def _docstring(cls: cst.ClassDef) -> tuple[int, cst.SimpleString] | None:
+    body = cls.body.body if isinstance(cls.body, cst.IndentedBlock) else ()
+    if body and m.matches(body[0], m.SimpleStatementLine(body=[m.Expr(value=m.SimpleString())])):
+        return 0, body[0].body[0].value  # type: ignore[attr-defined]
+    return None
+
+
+def _with_docstring(tree: cst.Module, index: int, cls: cst.ClassDef, doc: cst.SimpleString) -> cst.Module:
+    body = list(cls.body.body)
+    first = body[0]
+    body[0] = first.with_changes(body=[first.body[0].with_changes(value=doc)])  # type: ignore[attr-defined]
+    new_cls = cls.with_changes(body=cls.body.with_changes(body=body))
+    return tree.with_changes(body=[*tree.body[:index], new_cls, *tree.body[index + 1 :]])
+
+
+def docstring_items(cls: cst.ClassDef) -> list[str]:
+    found = _docstring(cls)
+    if found is None:
+        return []
+    return [line.strip()[2:].strip() for line in found[1].value.splitlines() if line.strip().startswith("- ")]
+
+
+class AddDocstringItem(_Edit):
+    """Append `- ITEM` after the last `- X` line of the class docstring (PEFT's list of PeftType members)."""
+
+    def __init__(self, context: CodemodContext, class_name: str, item: str) -> None:
+        super().__init__(context)
+        self.class_name, self.item = class_name, item
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = find_class(tree, self.class_name)
+        doc = _docstring(found[1]) if found else None
+        if found is None or doc is None or self.item in docstring_items(found[1]):
+            return tree  # a docstring list is optional
+        lines = doc[1].value.splitlines(keepends=True)
+        last = max((i for i, line in enumerate(lines) if line.strip().startswith("- ")), default=None)
+        if last is None:
+            return tree
+        bullet = lines[last]
+        indent = bullet[: len(bullet) - len(bullet.lstrip())]
+        ending = bullet[len(bullet.rstrip("\r\n")) :]
+        lines.insert(last + 1, f"{indent}- {self.item}{ending}")
+        return _with_docstring(tree, found[0], found[1], doc[1].with_changes(value="".join(lines)))
+
+
+class RemoveDocstringItem(_Edit):
+    def __init__(self, context: CodemodContext, class_name: str, item: str) -> None:
+        super().__init__(context)
+        self.class_name, self.item = class_name, item
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = find_class(tree, self.class_name)
+        doc = _docstring(found[1]) if found else None
+        if found is None or doc is None:
+            return tree
+        lines = doc[1].value.splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() != f"- {self.item}"]
+        if len(kept) == len(lines):
+            return tree
+        return _with_docstring(tree, found[0], found[1], doc[1].with_changes(value="".join(kept)))
+
+
+# -- module-level assignments ----------------------------------------------------------------------------------------
+
+
+class AddAssignment(_Edit):
+    """Insert a top-level statement after the statement `anchor(body)` returns (an index)."""
+
+    def __init__(
+        self,
+        context: CodemodContext,
+        name: str,
+        code: str,
+        anchor: Callable[[Sequence[cst.CSTNode]], int | None],
+        anchor_description: str,
+        blank_line_before: bool,
+    ) -> None:
+        super().__init__(context)
+        self.name, self.code, self.anchor = name, code, anchor
+        self.anchor_description, self.blank_line_before = anchor_description, blank_line_before
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        if _cst.find_assignment(tree.body, self.name) is not None:
+            return tree
+        after = self.anchor(tree.body)
+        if after is None:
+            raise self.fail(self.anchor_description)
+        stmt = cst.parse_statement(self.code)
+        if self.blank_line_before:
+            stmt = stmt.with_changes(leading_lines=[_cst.blank_line()])
+        body: list[Any] = list(tree.body)
+        _cst.insert_statement(body, after + 1, stmt)
+        return tree.with_changes(body=body)
+
+
+class RemoveAssignment(_Edit):
+    def __init__(self, context: CodemodContext, name: str) -> None:
+        super().__init__(context)
+        self.name = name
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        index = _cst.find_assignment(tree.body, self.name)
+        if index is None:
+            return tree
+        body: list[Any] = list(tree.body)
+        lines = getattr(body[index], "leading_lines", ())
+        # Comments above it head a group of statements: keep them for the next one.
+        _cst.remove_statement(body, index, transfer_leading=any(line.comment for line in lines))
+        return tree.with_changes(body=body)
+
+
+# -- rows of a top-level list/tuple of tuples (test matrices) --------------------------------------------------------
+
+
+def _rows(tree: cst.Module, name: str) -> tuple[int, cst.List | cst.Tuple] | None:
+    index = _cst.find_assignment(tree.body, name)
+    if index is None:
+        return None
+    value = _cst.assigned_value(tree.body[index])
+    if not isinstance(value, (cst.List, cst.Tuple)):
+        return None
+    return index, value
+
+
+def row_mentions(el: cst.BaseElement, position: int, name: str) -> bool:
+    """Whether element `position` of a tuple row is the bare name `name` (a config class, say)."""
+    value = el.value
+    if not isinstance(value, cst.Tuple) or len(value.elements) <= position:
+        return False
+    return m.matches(value.elements[position].value, m.Name(name))
+
+
+def row_count(tree: cst.Module, name: str, position: int, cls: str) -> int | None:
+    found = _rows(tree, name)
+    if found is None:
+        return None
+    return sum(row_mentions(el, position, cls) for el in found[1].elements)
+
+
+class AddRows(_Edit):
+    """Append tuple rows to a top-level list/tuple such as TEST_CASES, optionally under a comment banner.
+
+    Rows already present (same first element, the description) are not added again.
+    """
+
+    def __init__(self, context: CodemodContext, name: str, rows: Sequence[str], banner: Sequence[str] = ()) -> None:
+        super().__init__(context)
+        self.name, self.rows, self.banner = name, rows, banner
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _rows(tree, self.name)
+        if found is None:
+            raise self.fail(f"a top-level `{self.name} = [...]` of tuples")
+        index, value = found
+        present = {_first_code(el) for el in value.elements}
+        todo = [row for row in self.rows if _first_code(_cst.element(row)) not in present]
+        for i, row in enumerate(todo):
+            banner = _cst.comment_lines(value, self.banner) if i == 0 and len(todo) == len(self.rows) else []
+            value = _cst.insert_item(value, len(value.elements), _cst.element(row), banner)
+        body: list[Any] = list(tree.body)
+        body[index] = _replace_value(body[index], value)
+        return tree.with_changes(body=body)
+
+
+def _first_code(el: cst.BaseElement) -> str | None:
+    value = el.value
+    if isinstance(value, cst.Tuple) and value.elements:
+        return cst.Module([]).code_for_node(value.elements[0].value)
+    return None
+
+
+class RemoveRows(_Edit):
+    """Remove the rows whose element `position` is the name `cls`, and the banner above the first of them."""
+
+    def __init__(
+        self, context: CodemodContext, name: str, position: int, cls: str, banner: Sequence[str] = ()
+    ) -> None:
+        super().__init__(context)
+        self.name, self.position, self.cls, self.banner = name, position, cls, banner
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        found = _rows(tree, self.name)
+        if found is None:
+            return tree
+        index, value = found
+        while True:
+            hits = [i for i, el in enumerate(value.elements) if row_mentions(el, self.position, self.cls)]
+            if not hits or len(value.elements) < 2:
+                break
+            above = [line.comment.value if line.comment else None for line in _cst.lines_before(value, hits[0])]
+            drop = len(self.banner) if self.banner and above[-len(self.banner) :] == list(self.banner) else 0
+            value = _cst.remove_item(value, hits[0], drop_comments=drop)
+        body: list[Any] = list(tree.body)
+        body[index] = _replace_value(body[index], value)
+        return tree.with_changes(body=body)
+
+
+def banner(title: str) -> list[str]:
+    """PEFT's section banner in test matrices: `# Title #` framed by lines of `#`."""
+    middle = f"# {title} #"
+    return ["#" * len(middle), middle, "#" * len(middle)]
+
+
+def literal_row(values: Sequence[Any], indent: int = 4) -> str:
+    return _cst.format_literal(tuple(values), indent)
