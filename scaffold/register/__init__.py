@@ -39,6 +39,7 @@ from scaffold.register.tree import SUPPORTED_SERIES, PeftTree, detect_peft_tree
 __all__ = [
     "MANIFEST_NAME",
     "MINIMAL_SITES",
+    "NEW_SITES",
     "SITES",
     "SUPPORTED_SERIES",
     "DiscoveredMethod",
@@ -57,6 +58,7 @@ __all__ = [
     "plan_registration",
     "plan_unregistration",
     "read_manifest",
+    "registers_constants",
     "write_manifest",
 ]
 
@@ -176,14 +178,19 @@ def _used_prefixes(tree: PeftTree) -> dict[str, str]:
     return out
 
 
-def check_collision(tree: PeftTree, reg: MethodRegistration) -> None:
+def check_collision(
+    tree: PeftTree, reg: MethodRegistration, *, spec_hash: str | None = None, force: bool = False
+) -> None:
     """Refuse a method whose name, PeftType member, prefix, package, classes or mapping another method uses.
 
-    Re-registering a method generated earlier (its manifest names it) is not a collision.
+    Re-generating a method generated earlier (its manifest names it) is not a collision, as long as its names are
+    unchanged and, unless `force`, none of its generated files was edited since. `spec_hash` is the new spec's
+    hash; a changed spec is a normal re-generation.
     """
     reg.validate()
     manifest = read_manifest(tree.root, reg.name)
-    if manifest is not None and manifest.name == reg.name:
+    if manifest is not None:
+        _check_regeneration(tree, manifest, reg, force)
         return
     package = f"src/peft/tuners/{reg.name}"
     if (tree.root / package).exists() or (tree.root / f"{package}.py").exists():
@@ -206,3 +213,27 @@ def check_collision(tree: PeftTree, reg: MethodRegistration) -> None:
     page = f"docs/source/package_reference/{reg.name}.md"
     if (tree.root / page).exists():
         raise ScaffoldError(page, "already exists")
+
+
+def _check_regeneration(tree: PeftTree, manifest: Manifest, reg: MethodRegistration, force: bool) -> None:
+    old = manifest.registration
+    for field in ("peft_type", "config_cls", "model_cls", "exported", "constant_name"):
+        if getattr(old, field) != getattr(reg, field):
+            raise ScaffoldError(
+                field,
+                f"{reg.name!r} was generated with {field} {getattr(old, field)!r}; "
+                f"run `remove {reg.name}` before generating it as {getattr(reg, field)!r}",
+            )
+    edited = edited_files(tree.root, manifest)
+    if edited and not force:
+        raise ScaffoldError(edited[0], "edited since it was generated; use --force to overwrite it")
+
+
+def registers_constants(sites: list[Site]) -> bool:
+    """Whether `sites` define the method's own target-module mapping in utils/constants.py (the full registrar
+    does; MINIMAL_SITES do not, and the generated model must then not import it)."""
+    return any(site.name == "constants" for site in sites)
+
+
+# The sites `new --peft-root` registers in.
+NEW_SITES: list[Site] = SITES

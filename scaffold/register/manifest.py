@@ -29,6 +29,7 @@ from scaffold import __version__
 from scaffold.changeset import ChangeSet, read_text
 from scaffold.errors import ScaffoldError
 from scaffold.register.method import MethodRegistration
+from scaffold.register.tree import PeftTree
 
 
 MANIFEST_NAME = ".peft-scaffold.json"
@@ -68,13 +69,20 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def write_manifest(changeset: ChangeSet, reg: MethodRegistration, spec_hash: str, files: Iterable[str]) -> Manifest:
-    """Record `files` (as they are in the change set, i.e. as generated) in the method's manifest."""
+def write_manifest(
+    changeset: ChangeSet, tree: PeftTree, reg: MethodRegistration, files: Iterable[str], *, spec_hash: str
+) -> Manifest:
+    """Record the generated `files` (as they are in the change set) in the method's manifest, written into the
+    change set. A docs page the registrar creates in the same change set is recorded too."""
+    rels = list(files)
+    page = f"docs/source/package_reference/{reg.name}.md"
+    if page not in rels and any(c.relpath == page and c.action == "create" for c in changeset.changes):
+        rels.append(page)
     hashes = {}
-    for rel in files:
+    for rel in rels:
         content = changeset.read(rel)
         if content is None:
-            raise ScaffoldError(rel, "listed as generated but not in the change set or on disk", 1)
+            raise ScaffoldError(rel, f"listed as generated but missing from {tree.root}", 1)
         hashes[rel] = sha256_text(content)
     manifest = Manifest(name=reg.name, spec_hash=spec_hash, registration=reg, files=hashes)
     changeset.write(manifest.relpath, manifest.to_json())
