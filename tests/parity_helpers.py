@@ -1,0 +1,370 @@
+"""Helpers for the LoRA parity test (tests/test_lora_parity.py).
+
+Two halves:
+
+* `generate_into_tree` puts a generated method into a writable PEFT source tree: through the CLI
+  (`python -m scaffold new SPEC --peft-root TREE`) when it exists and succeeds, else through the Python API plus
+  minimal text edits registering it (a `PeftType` member and an import in `peft/tuners/__init__.py`).
+* `run_parity` runs this file as a script in a subprocess with `PYTHONPATH=TREE/src`, so the tree's `peft` is the
+  only `peft` imported there (never the one installed in the test environment). The script builds tiny one-layer
+  models, puts PEFT's own LoRA (`init_lora_weights=False`) on one copy and the generated `reflora` on another, copies
+  the LoRA weights into the generated adapter, and reports max absolute differences per case and per quantity as
+  JSON.
+
+The script half imports torch/peft only inside functions: importing this module from pytest stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_LORA_SPEC = REPO_ROOT / "reference_methods" / "lora.yaml"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the comparison covers. Shared by the script (which runs the cases) and the test (which checks it got them all).
+
+# Layer types of the tiny models; "Conv1D" is transformers' Conv1D (GPT-2 style, weight stored (in, out)).
+LAYER_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv1D")
+# lora: one adapter, scaling alpha / r. rslora: one adapter, scaling alpha / sqrt(r).
+# multi: two adapters of different rank/alpha/scaling, both active, plus a mixed-adapter batch.
+VARIANTS = ("lora", "rslora", "multi")
+CASE_NAMES = tuple(f"{layer}/{variant}" for layer in LAYER_TYPES for variant in VARIANTS)
+
+# Quantities that must agree between PEFT's LoRA and the generated method (max abs difference, fp32).
+#   scaling            the per-adapter scaling factors
+#   forward            output with the adapter(s) active, unmerged
+#   merged_weight      base layer weight after merge_adapter()
+#   merged_forward     output while merged
+#   unmerged_weight    base layer weight after unmerge_adapter()
+#   restored_weight    generated base weight after unmerge vs the original base weight
+#   unmerged_forward   output after unmerge
+#   disabled_forward   output inside `with model.disable_adapter()` vs the base model
+#   mixed_batch        output with `adapter_names=[...]` (multi only)
+#   merge_and_unload   output of the model returned by merge_and_unload()
+DIFF_KEYS = (
+    "scaling",
+    "forward",
+    "merged_weight",
+    "merged_forward",
+    "unmerged_weight",
+    "restored_weight",
+    "unmerged_forward",
+    "disabled_forward",
+    "merge_and_unload",
+)
+MULTI_ONLY_DIFF_KEYS = ("mixed_batch",)
+# Quantities that must be large, so that a no-op adapter cannot pass: PEFT's adapter changes the output and the merged
+# weight, and so (both being equal to PEFT's) must the generated one.
+EFFECT_KEYS = ("effect_forward", "effect_merged_weight")
+
+R, LORA_ALPHA = 4, 8.0
+# the second adapter of the "multi" variant: another rank, alpha and scaling rule
+OTHER_R, OTHER_LORA_ALPHA = 2, 3.0
+
+JSON_MARKER = "PARITY_JSON: "
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate_into_tree(tree: Path, spec: Path) -> None:
+    """Generate the method of `spec` into the PEFT source tree `tree` and register it there.
+
+    Uses the CLI when `scaffold/__main__.py` exists and `scaffold new` exits 0; otherwise the Python API and minimal
+    text edits. A CLI that exists but fails is reported as a warning (the fallback still runs).
+    """
+    tree, spec = Path(tree).resolve(), Path(spec).resolve()
+    if (REPO_ROOT / "scaffold" / "__main__.py").is_file():
+        cmd = [sys.executable, "-m", "scaffold", "new", str(spec), "--peft-root", str(tree)]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        warnings.warn(
+            f"`scaffold new` exited {proc.returncode}; falling back to the Python API.\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}",
+            stacklevel=2,
+        )
+    _generate_with_api(tree, spec)
+
+
+def _generate_with_api(tree: Path, spec: Path) -> None:
+    from scaffold.plan import build_plan
+    from scaffold.render import render_method
+    from scaffold.spec import load_spec
+
+    plan = build_plan(load_spec(spec))
+    try:
+        spec_file = spec.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        spec_file = str(spec)
+    for relpath, text in render_method(plan, spec_file=spec_file):
+        path = tree / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    _register_by_text_edits(
+        tree, name=plan.name, peft_type=plan.peft_type, config_cls=plan.config_cls, model_cls=plan.model_cls
+    )
+
+
+def _register_by_text_edits(tree: Path, name: str, peft_type: str, config_cls: str, model_cls: str) -> None:
+    """Add `PEFT_TYPE = "PEFT_TYPE"` to `PeftType` and import the config/model classes in `peft/tuners/__init__.py`.
+
+    Idempotent: running it on a tree that already has either edit leaves that edit alone.
+    """
+    member = peft_type
+    types_file = tree / "src" / "peft" / "utils" / "peft_types.py"
+    lines = types_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("class PeftType("))
+    member_re = re.compile(r'^    ([A-Z0-9_]+) = "[A-Z0-9_]+"\s*$')
+    last_member, present = None, False
+    for i in range(start + 1, len(lines)):
+        line = lines[i]
+        if line.strip() and not line.startswith((" ", "\t")):
+            break  # the next top-level statement: the class body ended
+        match = member_re.match(line)
+        if match:
+            last_member = i
+            present = present or match.group(1) == member
+    if last_member is None:
+        raise RuntimeError(f"no members found in class PeftType of {types_file}")
+    if not present:
+        lines.insert(last_member + 1, f'    {member} = "{member}"\n')
+        types_file.write_text("".join(lines), encoding="utf-8")
+
+    tuners_init = tree / "src" / "peft" / "tuners" / "__init__.py"
+    text = tuners_init.read_text(encoding="utf-8")
+    import_line = f"from .{name} import {config_cls}, {model_cls}"
+    if not re.search(rf"^from \.{re.escape(name)} import ", text, flags=re.MULTILINE):
+        tuners_init.write_text(text.rstrip("\n") + "\n" + import_line + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the comparison
+
+
+def run_parity(tree: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run the comparison script against `tree` in a fresh interpreter and return its JSON report."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(Path(tree).resolve() / "src")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # -P (3.11+): do not put this file's directory (tests/) on sys.path; only the tree's src and site-packages count
+    isolate = ["-P"] if sys.version_info >= (3, 11) else []
+    proc = subprocess.run(
+        [sys.executable, *isolate, str(Path(__file__).resolve()), str(Path(tree).resolve())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    report_lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
+    if proc.returncode != 0 or len(report_lines) != 1:
+        raise RuntimeError(
+            f"parity script failed (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return json.loads(report_lines[0][len(JSON_MARKER) :])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The script (runs in the subprocess; torch, transformers and the tree's peft are imported only here)
+
+
+def _make_case(layer_type: str) -> tuple[Any, Any, bool]:
+    """(base layer, input, fan_in_fan_out) for a layer type; call under a fixed seed."""
+    import torch
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    if layer_type == "Linear":
+        return nn.Linear(10, 12), torch.randn(6, 10), False
+    if layer_type == "Embedding":
+        return nn.Embedding(20, 12), torch.randint(0, 20, (6, 7)), False
+    if layer_type == "Conv1d":
+        # stride and padding: the adapter's convolution must honour them as the base layer does
+        return nn.Conv1d(3, 6, 3, stride=2, padding=1), torch.randn(6, 3, 11), False
+    if layer_type == "Conv2d":
+        return nn.Conv2d(3, 6, (3, 2), stride=2, padding=1), torch.randn(6, 3, 9, 8), False
+    if layer_type == "Conv1D":
+        layer = Conv1D(12, 10)  # nf=12 outputs, nx=10 inputs; weight stored (10, 12)
+        with torch.no_grad():
+            layer.weight.normal_()
+            layer.bias.normal_()
+        return layer, torch.randn(6, 10), True
+    raise ValueError(layer_type)
+
+
+def _adapter_configs(variant: str) -> list[tuple[str, dict[str, Any]]]:
+    """(adapter name, hyperparameters) of each adapter of a variant, in the order they are added."""
+    first = {"r": R, "lora_alpha": LORA_ALPHA, "use_rslora": variant == "rslora"}
+    if variant == "multi":
+        return [("default", first), ("other", {"r": OTHER_R, "lora_alpha": OTHER_LORA_ALPHA, "use_rslora": True})]
+    return [("default", first)]
+
+
+def _copy_adapter(peft_layer: Any, gen_layer: Any, adapter_name: str) -> None:
+    """Copy PEFT's LoRA weights of `adapter_name` into the generated layer's canonical 2-D A (r, in) and B (out, r)."""
+    import torch
+
+    if adapter_name in getattr(peft_layer, "lora_embedding_A", {}):
+        lora_A = peft_layer.lora_embedding_A[adapter_name]  # (r, num_embeddings)
+        lora_B = peft_layer.lora_embedding_B[adapter_name]  # (embedding_dim, r)
+    else:
+        # Linear/Conv1D: (r, in) and (out, r). Conv: (r, in, *kernel) and (out, r, 1, ...): flatten to 2-D.
+        lora_A = peft_layer.lora_A[adapter_name].weight
+        lora_B = peft_layer.lora_B[adapter_name].weight
+        lora_A = lora_A.reshape(lora_A.shape[0], -1)
+        lora_B = lora_B.reshape(lora_B.shape[0], -1)
+    gen_A = gen_layer.reflora_lora_A[adapter_name]
+    gen_B = gen_layer.reflora_lora_B[adapter_name]
+    if gen_A.shape != lora_A.shape or gen_B.shape != lora_B.shape:
+        raise AssertionError(
+            f"shape mismatch for adapter {adapter_name!r}: generated A {tuple(gen_A.shape)}, B {tuple(gen_B.shape)}; "
+            f"PEFT (canonical view) A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
+        )
+    with torch.no_grad():
+        gen_A.copy_(lora_A)
+        gen_B.copy_(lora_B)
+
+
+def _only_tuner_layer(model: Any, layer_cls: type) -> Any:
+    layers = [module for module in model.modules() if isinstance(module, layer_cls)]
+    if len(layers) != 1:
+        raise AssertionError(f"expected exactly one {layer_cls.__name__}, found {len(layers)}")
+    return layers[0]
+
+
+def _run_case(layer_type: str, variant: str) -> dict[str, float]:
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import LoraLayer
+    from peft.tuners.reflora import RefLoraConfig
+    from peft.tuners.reflora.layer import RefLoraLayer
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, layer: nn.Module) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+    def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+        if a.shape != b.shape:
+            raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+        return (a.detach().double() - b.detach().double()).abs().max().item()
+
+    seed = 1000 + LAYER_TYPES.index(layer_type) * 10 + VARIANTS.index(variant)
+    torch.manual_seed(seed)
+    layer, x, fan_in_fan_out = _make_case(layer_type)
+    base = Net(layer).eval()
+    base_weight = base.layer.weight.detach().clone()
+    with torch.no_grad():
+        base_out = base(x)
+
+    adapters = _adapter_configs(variant)
+    adapter_names = [name for name, _ in adapters]
+    common = {"target_modules": ["layer"], "fan_in_fan_out": fan_in_fan_out}
+
+    peft_model = gen_model = None
+    for name, hp in adapters:
+        peft_config = LoraConfig(init_lora_weights=False, **common, **hp)
+        gen_config = RefLoraConfig(init_weights=False, **common, **hp)
+        if peft_model is None:
+            peft_model = get_peft_model(copy.deepcopy(base), peft_config, adapter_name=name)
+            gen_model = get_peft_model(copy.deepcopy(base), gen_config, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, peft_config)
+            gen_model.add_adapter(name, gen_config)
+    assert peft_model is not None and gen_model is not None
+    if type(gen_model.base_model).__name__ != "RefLoraModel":
+        raise AssertionError(f"the generated config produced a {type(gen_model.base_model).__name__}")
+    peft_model.eval()
+    gen_model.eval()
+
+    peft_layer = _only_tuner_layer(peft_model, LoraLayer)
+    gen_layer = _only_tuner_layer(gen_model, RefLoraLayer)
+    for name in adapter_names:
+        _copy_adapter(peft_layer, gen_layer, name)
+    if len(adapter_names) > 1:
+        # all adapters active at once: their updates add up
+        peft_model.base_model.set_adapter(adapter_names)
+        gen_model.base_model.set_adapter(adapter_names)
+
+    out: dict[str, float] = {}
+    out["scaling"] = max(abs(peft_layer.scaling[n] - gen_layer.reflora_scaling[n]) for n in adapter_names)
+    with torch.no_grad():
+        peft_out = peft_model(x)
+        out["forward"] = maxdiff(gen_model(x), peft_out)
+        out["effect_forward"] = maxdiff(peft_out, base_out)
+
+        if variant == "multi":
+            # one sample per adapter, and the base model for the rest
+            names = [*adapter_names, "__base__"] * (len(x) // (len(adapter_names) + 1) + 1)
+            names = names[: len(x)]
+            out["mixed_batch"] = maxdiff(gen_model(x, adapter_names=names), peft_model(x, adapter_names=names))
+
+        peft_model.merge_adapter()
+        gen_model.merge_adapter()
+        peft_w = peft_layer.get_base_layer().weight
+        gen_w = gen_layer.get_base_layer().weight
+        out["merged_weight"] = maxdiff(gen_w, peft_w)
+        out["effect_merged_weight"] = maxdiff(peft_w, base_weight)
+        out["merged_forward"] = maxdiff(gen_model(x), peft_model(x))
+
+        peft_model.unmerge_adapter()
+        gen_model.unmerge_adapter()
+        out["unmerged_weight"] = maxdiff(gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight)
+        out["restored_weight"] = maxdiff(gen_layer.get_base_layer().weight, base_weight)
+        out["unmerged_forward"] = maxdiff(gen_model(x), peft_model(x))
+
+        with gen_model.disable_adapter():
+            out["disabled_forward"] = maxdiff(gen_model(x), base_out)
+
+        peft_unloaded = peft_model.merge_and_unload()
+        gen_unloaded = gen_model.merge_and_unload()
+        if any(isinstance(m, RefLoraLayer) for m in gen_unloaded.modules()):
+            raise AssertionError("merge_and_unload left RefLoRA layers in the model")
+        out["merge_and_unload"] = maxdiff(gen_unloaded(x), peft_unloaded(x))
+    return out
+
+
+def _script_main(tree: str) -> int:
+    import warnings as _warnings
+
+    import peft
+
+    # the comparison is meaningless if the peft imported is not the tree's
+    peft_file = Path(peft.__file__).resolve()
+    if Path(tree).resolve() / "src" not in peft_file.parents:
+        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
+
+    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
+    for layer_type in LAYER_TYPES:
+        for variant in VARIANTS:
+            case = f"{layer_type}/{variant}"
+            try:
+                with _warnings.catch_warnings():
+                    _warnings.simplefilter("ignore")
+                    report["cases"][case] = _run_case(layer_type, variant)
+            except Exception:  # reported per case, so one failure does not hide the others
+                report["errors"][case] = traceback.format_exc()
+    print(JSON_MARKER + json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_script_main(sys.argv[1]))
