@@ -64,3 +64,126 @@ def snapshot_tree(root: Path) -> dict[str, tuple[str, int]]:
 @pytest.fixture
 def snapshot() -> Callable[[Path], dict[str, tuple[str, int]]]:
     return snapshot_tree
+
+
+def clone_tuner(root: Path, source: str, name: str, source_camel: str, camel: str) -> list[str]:
+    """Copy `src/peft/tuners/<source>` to `src/peft/tuners/<name>` in the tree at `root`, rewriting the method's
+    names (`source` -> `name`, upper case too, and `source_camel` -> `camel` in class names). Returns the relpaths of
+    the new files. For making a stand-in method before a generator exists; only ever use it on a temporary copy."""
+    src_dir = root / "src" / "peft" / "tuners" / source
+    dest_dir = root / "src" / "peft" / "tuners" / name
+    replacements = ((source_camel, camel), (source.upper(), name.upper()), (source, name))
+    created = []
+    for path in sorted(src_dir.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for old, new in replacements:
+            text = text.replace(old, new)
+        target = dest_dir / path.relative_to(src_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        created.append(target.relative_to(root).as_posix())
+    return created
+
+
+# A docs tree modelled on PEFT's (huggingface/peft main, docs/source/): the sdist ships without docs/. It keeps the
+# real file's quirks: sections under "Methods" are indented by 4, the others by 2; the "Adapters" list is sorted
+# by title and holds a nested "LoRA" group; the API reference "Tuners" list is not sorted.
+FAKE_TOCTREE = """\
+- title: Get started
+  sections:
+  - local: index
+    title: 🤗 PEFT
+  - local: install
+    title: Installation
+
+- title: Methods
+  sections:
+    - local: methods/overview
+      title: Overview
+    - sections:
+      - local: package_reference/cpt
+        title: CPT
+      - local: package_reference/prompt_tuning
+        title: Prompt tuning
+      title: Soft Prompting
+    - sections:
+      - local: package_reference/beft
+        title: BEFT
+      - local: package_reference/layernorm_tuning
+        title: LayerNorm Tuning
+      title: Layer Tuning
+    - sections:
+      - local: package_reference/adalora
+        title: AdaLoRA
+      - local: package_reference/loha
+        title: LoHa
+      - sections:
+        - local: package_reference/lora
+          title: LoRA
+        - local: package_reference/lora_variant_dora
+          title: "Variant: DoRA"
+        title: LoRA
+      - local: package_reference/supertuning
+        title: Super-Tuning
+      - local: package_reference/tinylora
+        title: TinyLoRA
+      - local: package_reference/vera
+        title: VeRA
+      title: Adapters
+
+- isExpanded: false
+  sections:
+  - sections:
+    - local: package_reference/peft_model
+      title: PEFT model
+    - local: package_reference/config
+      title: Configuration
+    title: Main classes
+  - sections:
+    - local: package_reference/adalora
+      title: AdaLoRA
+    - local: package_reference/layernorm_tuning
+      title: LayerNorm Tuning
+    - local: package_reference/lora
+      title: LoRA
+    - local: package_reference/loha
+      title: LoHa
+    - local: package_reference/vera
+      title: VeRA
+    - local: package_reference/supertuning
+      title: Super-Tuning
+    - local: package_reference/tinylora
+      title: TinyLoRA
+    title: Tuners
+  title: API reference
+"""
+
+# package_reference page -> (title, tuner package it documents, config class, model class)
+FAKE_DOC_PAGES = {
+    "adalora": ("AdaLoRA", "adalora", "AdaLoraConfig", "AdaLoraModel"),
+    "layernorm_tuning": ("LayerNorm Tuning", "ln_tuning", "LNTuningConfig", "LNTuningModel"),
+    "loha": ("LoHa", "loha", "LoHaConfig", "LoHaModel"),
+    "lora": ("LoRA", "lora", "LoraConfig", "LoraModel"),
+    "supertuning": ("Super-Tuning", "supertuning", "SupertuningConfig", "SupertuningModel"),
+    "tinylora": ("TinyLoRA", "tinylora", "TinyLoraConfig", "TinyLoraModel"),
+    "vera": ("VeRA", "vera", "VeraConfig", "VeraModel"),
+}
+
+
+def add_fake_docs(root: Path) -> Path:
+    """Give the tree at `root` a small docs/source modelled on PEFT's (see FAKE_TOCTREE)."""
+    source = root / "docs" / "source"
+    (source / "package_reference").mkdir(parents=True, exist_ok=True)
+    (source / "_toctree.yml").write_text(FAKE_TOCTREE, encoding="utf-8")
+    for page, (title, package, config, model) in FAKE_DOC_PAGES.items():
+        text = f"# {title}\n\n## {config}\n\n[[autodoc]] tuners.{package}.config.{config}\n\n"
+        text += f"## {model}\n\n[[autodoc]] tuners.{package}.model.{model}\n"
+        (source / "package_reference" / f"{page}.md").write_text(text, encoding="utf-8")
+    return source
+
+
+@pytest.fixture
+def peft_tree_with_docs(peft_tree: Path) -> Path:
+    """`peft_tree` plus a fake docs/ tree (FAKE_TOCTREE and a few method pages)."""
+    add_fake_docs(peft_tree)
+    return peft_tree
