@@ -6,7 +6,8 @@ round trip. Edits stack: `read` returns the pending content of a path, so severa
 `apply` is all-or-nothing: new contents go to temporary files next to their targets first, each existing
 target is moved aside to a backup before its replacement is renamed in, and on any failure every target is
 put back (the original inode itself, so bytes and mode are identical), created files and the directories
-created for them are removed, and a `ScaffoldError` is raised.
+created for them are removed, and a `ScaffoldError` is raised. After a successful apply, directories emptied by
+deletions are removed (with a leftover `__pycache__` of .pyc files, which would otherwise keep them alive).
 """
 
 from __future__ import annotations
@@ -234,10 +235,12 @@ class _Transaction:
     def finish(self) -> None:
         for backup in self.backups.values():
             backup.unlink(missing_ok=True)
-        # Directories emptied by deletions (a removed method package) go too, up to the tree root.
+        # Directories emptied by deletions (a removed method package) go too, up to the tree root; bytecode caches
+        # left in them by test runs do not keep them alive.
         for target in self.deleted:
             parent = target.parent
             while parent != self.root and self.root in parent.parents:
+                _drop_bytecode_cache(parent)
                 try:
                     parent.rmdir()
                 except OSError:
@@ -252,6 +255,21 @@ class _Transaction:
         for d in reversed(missing):
             d.mkdir()
             self.created_dirs.append(d)
+
+
+def _drop_bytecode_cache(directory: Path) -> None:
+    """Remove `directory/__pycache__` if it is all that is left in `directory` and holds only .pyc files."""
+    cache = directory / "__pycache__"
+    try:
+        if [p.name for p in directory.iterdir()] != ["__pycache__"]:
+            return
+        pycs = list(cache.iterdir())
+        if all(p.is_file() and p.suffix == ".pyc" for p in pycs):
+            for p in pycs:
+                p.unlink()
+            cache.rmdir()
+    except OSError:
+        pass
 
 
 def _umask() -> int:

@@ -6,6 +6,7 @@ import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 from scaffold.peft_source import DEFAULT_PEFT_VERSION, copy_peft_tree, ensure_peft_sdist  # noqa: E402
+from scaffold.register.method import MethodRegistration  # noqa: E402
 
 
 # Versions the registrar supports, newest first (latest patch of each minor).
@@ -66,23 +68,28 @@ def snapshot() -> Callable[[Path], dict[str, tuple[str, int]]]:
     return snapshot_tree
 
 
-def clone_tuner(root: Path, source: str, name: str, source_camel: str, camel: str) -> list[str]:
-    """Copy `src/peft/tuners/<source>` to `src/peft/tuners/<name>` in the tree at `root`, rewriting the method's
-    names (`source` -> `name`, upper case too, and `source_camel` -> `camel` in class names). Returns the relpaths of
-    the new files. For making a stand-in method before a generator exists; only ever use it on a temporary copy."""
+def cloned_tuner_files(root: Path, source: str, name: str, source_camel: str, camel: str) -> dict[str, str]:
+    """The files of `src/peft/tuners/<source>` re-homed to `src/peft/tuners/<name>` with the method's names rewritten
+    (`source` -> `name`, upper case too, and `source_camel` -> `camel` in class names): {relpath: text}."""
     src_dir = root / "src" / "peft" / "tuners" / source
-    dest_dir = root / "src" / "peft" / "tuners" / name
     replacements = ((source_camel, camel), (source.upper(), name.upper()), (source, name))
-    created = []
+    files = {}
     for path in sorted(src_dir.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
         for old, new in replacements:
             text = text.replace(old, new)
-        target = dest_dir / path.relative_to(src_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        created.append(target.relative_to(root).as_posix())
-    return created
+        files[f"src/peft/tuners/{name}/{path.relative_to(src_dir).as_posix()}"] = text
+    return files
+
+
+def clone_tuner(root: Path, source: str, name: str, source_camel: str, camel: str) -> list[str]:
+    """Write `cloned_tuner_files` into the tree at `root`; return their relpaths. For making a stand-in method
+    before a generator exists; only ever use it on a temporary copy."""
+    files = cloned_tuner_files(root, source, name, source_camel, camel)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return list(files)
 
 
 # A docs tree modelled on PEFT's (huggingface/peft main, docs/source/): the sdist ships without docs/. It keeps the
@@ -187,3 +194,85 @@ def peft_tree_with_docs(peft_tree: Path) -> Path:
     """`peft_tree` plus a fake docs/ tree (FAKE_TOCTREE and a few method pages)."""
     add_fake_docs(peft_tree)
     return peft_tree
+
+
+# Stand-in methods cloned from a PEFT method (see `clone_tuner`), with PEFT's own test rows for the original.
+# supertuning is in 0.21.x only; tinylora is in 0.19.x-0.21.x.
+_FAKE_METHODS: dict[str, dict[str, Any]] = {
+    "supertuning": {
+        "source_camel": "Supertuning",
+        "name": "mysuper",
+        "camel": "MySuper",
+        "test_cases": (
+            ("Vanilla MLP 1 MySuper", "MLP", {"sparsity": 0.5, "target_modules": "lin0"}),
+            ("Vanilla MLP 2 MySuper", "MLP", {"sparsity": 0.5, "target_modules": ["lin0"]}),
+            ("Vanilla MLP 3 MySuper", "MLP", {"sparsity": 0.5, "target_modules": ["lin1"]}),
+            (
+                "Vanilla MLP 4 MySuper bottom-k",
+                "MLP",
+                {"sparsity": 0.5, "target_modules": ["lin0", "lin1"], "select_top": False},
+            ),
+            ("Vanilla MLP 5 MySuper Supra (r=2)", "MLP", {"sparsity": 0.5, "target_modules": ["lin0"], "r": 2}),
+        ),
+        "multi": (
+            (
+                "MySuper Same",
+                {"sparsity": 0.5, "target_modules": ["lin0"], "r": 2, "init_weights": False},
+                {"sparsity": 0.5, "target_modules": ["lin0"], "r": 2, "init_weights": False},
+            ),
+            (
+                "MySuper Different",
+                {"sparsity": 0.5, "target_modules": ["lin0"], "r": 2, "init_weights": False},
+                {"sparsity": 0.5, "target_modules": ["lin1"], "r": 2, "init_weights": False},
+            ),
+        ),
+    },
+    "tinylora": {
+        "source_camel": "TinyLora",
+        "name": "mytiny",
+        "camel": "MyTiny",
+        "test_cases": (
+            ("Vanilla MLP 1 MyTiny", "MLP", {"target_modules": "lin0", "r": 2, "u": 16}),
+            ("Vanilla MLP 4 MyTiny", "MLP", {"target_modules": ["lin0", "lin1"], "r": 2, "u": 32}),
+        ),
+        "multi": (
+            (
+                "MyTiny Different",
+                {"target_modules": ["lin0"], "init_weights": "uniform"},
+                {"target_modules": ["lin1"], "init_weights": "uniform"},
+            ),
+        ),
+    },
+}
+
+
+def fake_registration(source: str = "supertuning") -> MethodRegistration:
+    """The registration of the stand-in method cloned from `source` ("supertuning" or "tinylora")."""
+    spec = _FAKE_METHODS[source]
+    camel = spec["camel"]
+    return MethodRegistration(
+        name=spec["name"],
+        peft_type=spec["name"].upper(),
+        config_cls=f"{camel}Config",
+        model_cls=f"{camel}Model",
+        exported=(f"{camel}Config", f"{camel}Model"),
+        target_modules=None,
+        test_cases=spec["test_cases"],
+        multiple_active_adapters_cases=spec["multi"],
+        docs_title=camel,
+        docs_summary=f"{camel} is a stand-in method for tests, cloned from {source}.",
+    )
+
+
+def fake_method_files(root: Path, source: str = "supertuning") -> tuple[MethodRegistration, dict[str, str]]:
+    """The registration and package files ({relpath: text}) of a stand-in method cloned from `source`."""
+    spec = _FAKE_METHODS[source]
+    files = cloned_tuner_files(root, source, spec["name"], spec["source_camel"], spec["camel"])
+    return fake_registration(source), files
+
+
+def install_fake_method(root: Path, source: str = "supertuning") -> tuple[MethodRegistration, list[str]]:
+    """Write the stand-in method cloned from `source` into the tree at `root`; return its registration and files."""
+    spec = _FAKE_METHODS[source]
+    files = clone_tuner(root, source, spec["name"], spec["source_camel"], spec["camel"])
+    return fake_registration(source), files

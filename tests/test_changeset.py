@@ -196,3 +196,19 @@ def test_paths_must_stay_inside_the_tree(tree: Path) -> None:
     for bad in ("../outside.py", "/etc/passwd", "a/../../b", ""):
         with pytest.raises(ScaffoldError):
             cs.write(bad, "x")
+
+
+def test_apply_prunes_bytecode_cache_of_emptied_dirs(tree: Path) -> None:
+    (tree / "method" / "__pycache__").mkdir(parents=True)
+    (tree / "method" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\x00\xff")
+    (tree / "method" / "x.py").write_text("x\n")
+    (tree / "keep" / "__pycache__").mkdir(parents=True)
+    (tree / "keep" / "__pycache__" / "y.cpython-311.pyc").write_bytes(b"\x00")
+    (tree / "keep" / "y.py").write_text("y\n")
+    (tree / "keep" / "z.py").write_text("z\n")
+    cs = ChangeSet(tree)
+    cs.delete("method/x.py")
+    cs.delete("keep/y.py")
+    cs.apply()
+    assert not (tree / "method").exists()
+    assert (tree / "keep" / "__pycache__" / "y.cpython-311.pyc").exists()  # keep/ is not empty

@@ -145,11 +145,7 @@ def plan_unregistration(
     if manifest is not None:
         for rel in sorted(manifest.files):
             changeset.delete(rel)
-        changeset.delete(manifest.relpath)
-        # Bytecode left by running the method's tests would keep the package directory alive.
-        package = tree.root / "src" / "peft" / "tuners" / name
-        for pyc in sorted(package.glob("**/__pycache__/*.pyc")):
-            changeset.delete(pyc.relative_to(tree.root).as_posix())
+        changeset.delete(manifest.relpath)  # applying also prunes the emptied package dir and its __pycache__
     results.reverse()
     return results
 
