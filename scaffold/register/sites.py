@@ -563,8 +563,11 @@ def find_docs_page(tree: PeftTree, method_name: str) -> str | None:
     return None
 
 
-# The method lists of the toctree are the sections that list these pages directly.
-_ANCHOR_PAGES = ("package_reference/loha", "package_reference/lora", "package_reference/vera")
+# The method lists of the toctree are the sections that list at least two of these pages directly (a nested group
+# such as LoRA and its variants lists only one).
+_ANCHOR_PAGES = tuple(
+    f"package_reference/{page}" for page in ("adalora", "boft", "ia3", "loha", "lokr", "lora", "oft", "vera")
+)
 
 
 @dataclass(frozen=True)
@@ -636,7 +639,7 @@ def _method_lists(data: Any) -> list[CommentedSeq]:
     return [
         seq
         for seq in _sequences(data)
-        if any(isinstance(it, CommentedMap) and it.get("local") in _ANCHOR_PAGES for it in seq)
+        if len({it.get("local") for it in seq if isinstance(it, CommentedMap)}.intersection(_ANCHOR_PAGES)) >= 2
     ]
 
 
@@ -659,7 +662,9 @@ class DocsToctreeSite(Site):
         data = _load_toc(text)
         targets = _method_lists(data)
         if not targets:
-            raise ScaffoldError(self.relpath, f"expected a list of method pages (with `local: {_ANCHOR_PAGES[0]}`)")
+            raise ScaffoldError(
+                self.relpath, "expected a list of method pages (with `local: package_reference/lora`, .../loha, ...)"
+            )
         lines = text.splitlines(keepends=True)
         newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
         inserts: list[tuple[int, list[str]]] = []
