@@ -421,7 +421,7 @@ class _Planner:
             lines.append("delta_weight = self._canonical_delta(adapter_name)")
             x_in = "dropout(x)" if self.spec.dropout and family.kind != "embedding" else "x"
             lines.append(f"return result + self._layer_op({x_in}, delta_weight).to(result.dtype)")
-            return LayerClassPlan(family, self.torch_classes(family), list(family.base_types), lines, True)
+            return LayerClassPlan(family, self.torch_classes(family), self.base_types(family), lines, True)
         names = set(forward.names)
         lines.extend(self.bind_lines(names))
         if forward.uses("dropout"):
@@ -435,7 +435,10 @@ class _Planner:
             lines.append(f"return ({render(forward, dims, calls)}).to(result.dtype)")
         else:
             lines.append(f"return result + ({render(forward, dims, calls)}).to(result.dtype)")
-        return LayerClassPlan(family, self.torch_classes(family), list(family.base_types), lines, forward.uses("layer_op"))
+        return LayerClassPlan(family, self.torch_classes(family), self.base_types(family), lines, forward.uses("layer_op"))
+
+    def base_types(self, family: LayerFamily) -> list[str]:
+        return [t for t in family.base_types if t in self.spec.layers]
 
     def torch_classes(self, family: LayerFamily) -> list[str]:
         return [TORCH_CLASSES[t] for t in family.base_types if t in self.spec.layers]

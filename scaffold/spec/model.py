@@ -225,6 +225,8 @@ class MethodSpec(_Strict):
         for key in value:
             if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
                 raise ValueError(f"{key!r} is not a valid identifier")
+            if key in ("l", "O", "I"):
+                raise ValueError(f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
             if key in RESERVED_NAMES:
                 raise ValueError(f"{key!r} is reserved by the generated code")
             if key in CONFIG_FIELDS:
