@@ -10,7 +10,15 @@ from conftest import fake_method_files
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
-from scaffold.register import SITES, detect_peft_tree, discover_methods, doctor, plan_registration, write_manifest
+from scaffold.register import (
+    SITES,
+    DoctorRow,
+    detect_peft_tree,
+    discover_methods,
+    doctor,
+    plan_registration,
+    write_manifest,
+)
 
 
 # Where PEFT 0.21.2 itself is incomplete: UniLoRA is missing from test_config.py's ALL_CONFIG_CLASSES, and
@@ -30,15 +38,20 @@ def methods_by_hand(root: Path) -> set[str]:
     return names
 
 
-def test_every_method_of_stock_peft_is_listed(peft_sdist: Path):
-    rows = doctor(detect_peft_tree(peft_sdist))
+@pytest.fixture(scope="module")
+def stock_rows(peft_sdist: Path) -> dict[str, DoctorRow]:
+    return {row.name: row for row in doctor(detect_peft_tree(peft_sdist))}
+
+
+def test_every_method_of_stock_peft_is_listed(peft_sdist: Path, stock_rows: dict[str, DoctorRow]):
+    rows = list(stock_rows.values())
     assert {row.name for row in rows} == methods_by_hand(peft_sdist)
     assert len(rows) >= 45
     assert all(set(row.sites) == {s.name for s in SITES} for row in rows)
 
 
-def test_completely_registered_methods_show_no_gaps(peft_sdist: Path):
-    rows = {row.name: row for row in doctor(detect_peft_tree(peft_sdist))}
+def test_completely_registered_methods_show_no_gaps(stock_rows: dict[str, DoctorRow]):
+    rows = stock_rows
     for name, row in rows.items():
         assert row.gaps == KNOWN_PEFT_GAPS.get(name, []), name
         assert not row.problems, name
@@ -47,8 +60,8 @@ def test_completely_registered_methods_show_no_gaps(peft_sdist: Path):
         assert all(status == "ok" for site, status in rows[name].sites.items() if not site.startswith("docs")), name
 
 
-def test_applicability_follows_what_peft_does(peft_sdist: Path):
-    rows = {row.name: row for row in doctor(detect_peft_tree(peft_sdist))}
+def test_applicability_follows_what_peft_does(stock_rows: dict[str, DoctorRow]):
+    rows = stock_rows
     # prompt learning has no target-module mapping and is not in the custom-model matrix
     assert rows["prompt_tuning"].sites["constants"] == "n/a: uses no target-module mapping"
     assert rows["prompt_tuning"].sites["test_custom_models"].startswith("n/a: not a target_modules tuner")
@@ -60,6 +73,7 @@ def test_applicability_follows_what_peft_does(peft_sdist: Path):
     assert rows["ln_tuning"].sites["constants"] == "ok"  # its mapping is named LNTUNING, not LN_TUNING
     # the sdist has no docs
     assert rows["lora"].sites["docs_page"] == "n/a: tree has no docs/"
+    assert rows["unilora"].as_dict()["gaps"] == ["test_config"]
 
 
 def test_docs_are_checked_when_the_tree_has_them(peft_tree_with_docs: Path):

@@ -56,6 +56,20 @@ class DoctorRow:
     def complete(self) -> bool:
         return not self.gaps and not self.problems
 
+    def as_dict(self) -> dict[str, object]:
+        """For `--json` output."""
+        return {
+            "name": self.name,
+            "peft_type": self.method.peft_type,
+            "config_cls": self.method.config_cls,
+            "model_cls": self.method.model_cls,
+            "generated": self.method.generated,
+            "sites": dict(self.sites),
+            "gaps": self.gaps,
+            "optional_gaps": self.optional_gaps,
+            "problems": list(self.problems),
+        }
+
 
 def _registration_call(init_source: str, relpath: str) -> dict[str, str] | None:
     """The keyword arguments (as source text) of the `register_peft_method(...)` call in a package __init__."""

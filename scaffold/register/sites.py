@@ -42,7 +42,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from io import StringIO
 from typing import Any
 
 import libcst as cst
@@ -726,12 +725,6 @@ def toctree_locals(source: str) -> set[str]:
         for it in seq
         if isinstance(it, CommentedMap) and it.get("local")
     }
-
-
-def dump_yaml(data: Any) -> str:
-    buf = StringIO()
-    _yaml().dump(data, buf)
-    return buf.getvalue()
 
 
 # -- the list ----------------------------------------------------------------------------------------------------------

@@ -25,10 +25,6 @@ def run(source: str, relpath: str, *codemods: Callable[[CodemodContext], Codemod
     return tree.code
 
 
-def inspect_module(source: str, relpath: str) -> cst.Module:
-    return _cst.parse(source, relpath)
-
-
 class _Edit(Codemod):
     def transform_module(self, tree: cst.Module) -> cst.Module:
         # These edits use no metadata: skip the MetadataWrapper, whose deep copy of the tree costs seconds on
