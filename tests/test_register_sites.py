@@ -236,3 +236,30 @@ def test_missing_file_is_refused():
     site = PY_SITES[0]
     with pytest.raises(ScaffoldError, match="src/peft/utils/peft_types.py: file not found"):
         site.apply(None, REGS["middle"])
+
+
+def test_config_row_goes_into_a_sorted_matrix_at_its_place():
+    site = next(s for s in PY_SITES if s.name == "test_config")
+    source = (
+        "from peft import (\n    AdaLoraConfig,\n    VeraConfig,\n)\n\n"
+        'ALL_CONFIG_CLASSES = (\n    (AdaLoraConfig, {"total_step": 1}),\n    (VeraConfig, {}),\n)\n'
+    )
+    new = site.apply(source, REGS["middle"])
+    assert '    (AdaLoraConfig, {"total_step": 1}),\n    (MyLoraConfig, {}),\n    (VeraConfig, {}),\n' in new
+    assert site.remove(new, REGS["middle"]) == source
+
+
+def test_registration_without_manifest_is_removable_by_registration(peft_tree: Path, snapshot):
+    from scaffold.changeset import ChangeSet
+    from scaffold.register import detect_peft_tree, plan_registration, plan_unregistration
+
+    before = snapshot(peft_tree)
+    tree = detect_peft_tree(peft_tree)
+    cs = ChangeSet(peft_tree)
+    plan_registration(cs, tree, REGS["last"])
+    cs.apply()
+    cs = ChangeSet(peft_tree)
+    results = plan_unregistration(cs, tree, REGS["last"])
+    assert {r.status for r in results} == {"removed", "skipped"}
+    cs.apply()
+    assert snapshot(peft_tree) == before

@@ -375,7 +375,8 @@ class TestConfigSite(Site):
             src,
             self.relpath,
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
-            partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row]),
+            # PEFT's ALL_CONFIG_CLASSES is not sorted (then the row is appended), but keep it sorted if it ever is
+            partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row], sorted_by_first=True),
         )
 
     def remove(self, source: str | None, reg: MethodRegistration) -> str:

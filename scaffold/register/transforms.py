@@ -423,14 +423,22 @@ def row_count(tree: cst.Module, name: str, position: int, cls: str) -> int | Non
 
 
 class AddRows(_Edit):
-    """Append tuple rows to a top-level list/tuple such as TEST_CASES, optionally under a comment banner.
+    """Add tuple rows to a top-level list/tuple such as TEST_CASES, optionally under a comment banner.
 
-    Rows already present (same first element, the description) are not added again.
+    Rows go at the end, or, with `sorted_by_first`, at their place when the existing rows are sorted by their first
+    element (e.g. a config class). Rows already present (same first element) are not added again.
     """
 
-    def __init__(self, context: CodemodContext, name: str, rows: Sequence[str], banner: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        context: CodemodContext,
+        name: str,
+        rows: Sequence[str],
+        banner: Sequence[str] = (),
+        sorted_by_first: bool = False,
+    ) -> None:
         super().__init__(context)
-        self.name, self.rows, self.banner = name, rows, banner
+        self.name, self.rows, self.banner, self.sorted_by_first = name, rows, banner, sorted_by_first
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         found = _rows(tree, self.name)
@@ -441,7 +449,11 @@ class AddRows(_Edit):
         todo = [row for row in self.rows if _first_code(_cst.element(row)) not in present]
         for i, row in enumerate(todo):
             banner = _cst.comment_lines(value, self.banner) if i == 0 and len(todo) == len(self.rows) else []
-            value = _cst.insert_item(value, len(value.elements), _cst.element(row), banner)
+            at = len(value.elements)
+            if self.sorted_by_first and not banner:
+                firsts = [_first_code(el) or "" for el in value.elements]
+                at = _cst.insertion_index(firsts, _first_code(_cst.element(row)) or "", _cst.plain_key)
+            value = _cst.insert_item(value, at, _cst.element(row), banner)
         body: list[Any] = list(tree.body)
         body[index] = _replace_value(body[index], value)
         return tree.with_changes(body=body)
