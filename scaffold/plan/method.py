@@ -59,6 +59,7 @@ class WeightPlan:
     shape_code: list[str]
     init_lines: list[str]  # identity init (init_weights=True)
     random_init_lines: list[str]  # init_weights=False
+    init_by_class: dict[str, list[str]]  # identity init overrides, keyed by generated layer class
     trainable: bool
     ndim: int
 
@@ -109,6 +110,18 @@ class MethodPlan:
         if self.dropout:
             names.append(f"{self.prefix}dropout")
         return names
+
+    @property
+    def identity_init_branches(self) -> list[tuple[str | None, list[str]]]:
+        """(layer class or None for the rest, init lines) for `reset_<name>_parameters`."""
+        classes = [lc.family.class_name for lc in self.layer_classes]
+        special = [c for c in classes if any(c in w.init_by_class for w in self.weights)]
+        branches: list[tuple[str | None, list[str]]] = [
+            (c, [line for w in self.weights for line in w.init_by_class.get(c, w.init_lines)]) for c in special
+        ]
+        if len(special) < len(classes):
+            branches.append((None, [line for w in self.weights for line in w.init_lines]))
+        return branches
 
     @property
     def first_weight(self) -> WeightPlan:
@@ -330,9 +343,22 @@ class _Planner:
             shape_code=shape_code,
             init_lines=self.init_lines(f"weights.{name}.init", weight.init, target, ndim),
             random_init_lines=self.init_lines(f"weights.{name}.random_init", random_init, target, ndim),
+            init_by_class=self.init_overrides(name, weight, target, ndim),
             trainable=weight.trainable,
             ndim=ndim,
         )
+
+    def init_overrides(self, name: str, weight: Weight, target: str, ndim: int) -> dict[str, list[str]]:
+        overrides = {}
+        for layer_type, init in weight.init_by_layer.items():
+            where = f"weights.{name}.init_by_layer.{layer_type}"
+            family = family_of_forward_key(layer_type)
+            if family is None:
+                raise self.fail(where, "Conv1D layers share the `Linear` class; use the key `Linear`")
+            if layer_type not in self.spec.layers:
+                raise self.fail(where, f"layer type not listed in `layers` ({', '.join(self.spec.layers)})")
+            overrides[family.class_name] = self.init_lines(where, init, target, ndim)
+        return overrides
 
     def init_lines(self, where: str, init: Any, target: str, ndim: int) -> list[str]:
         call = init if isinstance(init, InitCall) else InitCall(name=init)

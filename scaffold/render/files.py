@@ -96,7 +96,7 @@ def render_method(
     if not mapping_import:
         model_path = paths["tuner/model.py.j2"]
         rendered[model_path] = rendered[model_path].replace("from peft.utils import \n", "")
-    formatted = format_sources(rendered)
+    formatted = format_sources(rendered, first_party=() if layout is Layout.PEFT_TREE else (plan.name,))
     return GeneratedFiles(
         files=formatted,
         package_dir=paths["tuner/__init__.py.j2"].rsplit("/", 1)[0],

@@ -27,13 +27,19 @@ known-first-party = ["peft"]
 """
 
 
+def ruff_config(first_party: tuple[str, ...] = ()) -> str:
+    """PEFT's settings; `first_party` adds the generated package when it lives outside `peft` (--out)."""
+    names = ", ".join(f'"{name}"' for name in ("peft", *first_party))
+    return PEFT_RUFF_CONFIG.replace('known-first-party = ["peft"]', f"known-first-party = [{names}]")
+
+
 def ruff_binary() -> str:
     from ruff.__main__ import find_ruff_bin
 
     return str(find_ruff_bin())
 
 
-def format_sources(files: dict[str, str]) -> dict[str, str]:
+def format_sources(files: dict[str, str], first_party: tuple[str, ...] = ()) -> dict[str, str]:
     """Sort imports, apply safe fixes and format every `.py` file; other files pass through."""
     python = {name: text for name, text in files.items() if name.endswith(".py")}
     if not python:
@@ -41,7 +47,7 @@ def format_sources(files: dict[str, str]) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="peft-scaffold-fmt-") as tmp:
         root = Path(tmp)
         config = root / "ruff.toml"
-        config.write_text(PEFT_RUFF_CONFIG)
+        config.write_text(ruff_config(first_party))
         for name, text in python.items():
             path = root / "src" / name
             path.parent.mkdir(parents=True, exist_ok=True)

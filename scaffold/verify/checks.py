@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scaffold.peft_source import default_cache_dir
-from scaffold.render.format import PEFT_RUFF_CONFIG, ruff_binary
+from scaffold.render.format import ruff_binary
+from scaffold.render.format import ruff_config as ruff_settings
 
 
 # mypy settings for generated code: PEFT ships no type information (no py.typed), so its modules (and
@@ -90,12 +91,14 @@ def run_pytest(tree: Path, args: list[str], *, workers: int = 2, timeout: float 
         return counts
 
 
-def lint_generated(tree: Path, paths: list[str], *, mypy: bool = True) -> LintReport:
+def lint_generated(
+    tree: Path, paths: list[str], *, mypy: bool = True, first_party: tuple[str, ...] = ()
+) -> LintReport:
     """ruff check, ruff format --check (PEFT's settings) and mypy over generated files under `tree`."""
     report = LintReport()
     with tempfile.TemporaryDirectory(prefix="peft-scaffold-lint-") as tmp:
         ruff_config = Path(tmp) / "ruff.toml"
-        ruff_config.write_text(PEFT_RUFF_CONFIG)
+        ruff_config.write_text(ruff_settings(first_party))
         ruff = ruff_binary()
         for label, args in (("ruff check", ["check"]), ("ruff format", ["format", "--check"])):
             proc = subprocess.run(

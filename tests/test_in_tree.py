@@ -1,0 +1,55 @@
+"""End to end in a real PEFT 0.21.2 source tree: `new --peft-root`, then run what was generated.
+
+For every spec (the reference LoRA and the generality specs in tests/specs/): the generated tests pass, and
+ruff (PEFT's settings) and mypy report nothing on the generated code. For the reference LoRA, PEFT's own test
+matrix (tests/test_custom_models.py, tests/test_config.py) passes for the registered method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scaffold.cli import app
+from scaffold.plan import build_plan
+from scaffold.spec import load_spec
+from scaffold.verify import lint_generated, run_pytest
+
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = [REPO / "reference_methods" / "lora.yaml", *sorted((REPO / "tests" / "specs").glob("*.yaml"))]
+# Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
+OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
+
+pytestmark = pytest.mark.slow
+
+
+def _generate(spec: Path, tree: Path):
+    result = CliRunner().invoke(app, ["new", str(spec), "--peft-root", str(tree)])
+    assert result.exit_code == 0, result.output
+    return build_plan(load_spec(spec))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_generated_tests_pass_and_code_is_lint_clean(spec, peft_tree):
+    plan = _generate(spec, peft_tree)
+    test_file = f"tests/test_{plan.name}.py"
+    counts = run_pytest(peft_tree, [test_file])
+    assert counts.failed == 0 and counts.errors == 0, counts.output_tail
+    assert counts.passed >= 10 * len(plan.spec.layers)
+
+    report = lint_generated(peft_tree, [f"src/peft/tuners/{plan.name}", test_file, f"examples/{plan.name}"])
+    assert report.ok, (report.findings, report.ruff_check, report.mypy)
+
+
+def test_peft_own_matrix_passes_for_reference_lora(peft_tree):
+    plan = _generate(SPECS[0], peft_tree)
+    custom = run_pytest(peft_tree, ["tests/test_custom_models.py", "-k", plan.class_name])
+    assert custom.failed == 0 and custom.errors == 0, custom.output_tail
+    assert custom.passed > 300  # the method's rows really ran through PEFT's whole custom-model matrix
+
+    config = run_pytest(peft_tree, ["tests/test_config.py", "-k", f"{plan.config_cls} and {OFFLINE_DESELECT}"])
+    assert config.failed == 0 and config.errors == 0, config.output_tail
+    assert config.passed > 10
