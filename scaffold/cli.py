@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scaffold.errors import FAILURE, ScaffoldError
 
@@ -45,7 +46,7 @@ def handle_errors(func: F) -> F:
         except typer.Exit:
             raise
         except ScaffoldError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -53,7 +54,9 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # a bug of ours: still one line, unless debugging
             if os.environ.get("PEFT_SCAFFOLD_DEBUG"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(FAILURE) from None
 
     return wrapper  # type: ignore[return-value]

@@ -106,10 +106,13 @@ def parse_expression(
     except SyntaxError as exc:
         raise ExpressionError(f"not valid expression syntax ({exc.msg})") from None
     if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
-        kind = type(module.body[0]).__name__ if module.body else "nothing"
-        if isinstance(module.body[0], (ast.Import, ast.ImportFrom)):
+        if not module.body:
+            raise ExpressionError("expression is empty (only a comment)")
+        if any(isinstance(statement, (ast.Import, ast.ImportFrom)) for statement in module.body):
             raise ExpressionError("imports are not allowed in an expression")
-        raise ExpressionError(f"a single expression is required, got a `{kind}` statement")
+        if len(module.body) > 1:
+            raise ExpressionError(f"a single expression is required, got {len(module.body)} statements")
+        raise ExpressionError(f"a single expression is required, got a `{type(module.body[0]).__name__}` statement")
     tree = module.body[0].value
     checker = _Checker(frozenset(names), frozenset(functions), tensor)
     checker.visit(tree)
@@ -230,6 +233,8 @@ class _Checker(ast.NodeVisitor):
                 self.visit(func.value)
             else:
                 raise ExpressionError(f"tensor method `.{func.attr}()` is not in the allowed list")
+        elif isinstance(func, ast.Lambda):
+            raise ExpressionError(f"{_describe(func)} is not allowed in an expression")
         else:
             raise ExpressionError("only named functions can be called")
         for arg in node.args:

@@ -40,18 +40,54 @@ def spec_from_data(data: dict[str, Any], source: str = "<spec>") -> MethodSpec:
     try:
         return MethodSpec.model_validate(data)
     except ValidationError as exc:
-        raise ScaffoldError(f"{source}: {_location(exc)}", _reason(exc)) from None
+        error = _main_error(exc.errors(), data)
+        raise ScaffoldError(f"{source}: {_location(error, data)}", _reason(error)) from None
 
 
-def _location(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    # pydantic adds the union member it tried ("str", "InitCall"...) to the path; a user never wrote those
-    parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
-    return ".".join(parts) or "spec"
+def _user_path(error: Any, data: Any) -> tuple[list[tuple[str, Any]], int | None]:
+    """The part of a pydantic location the user wrote (("key" | "index", part) into `data`), and the position in
+    the location of the first union-member tag pydantic adds ("str", "InitCall", "literal[...]"), if any."""
+    node = data
+    path: list[tuple[str, Any]] = []
+    first_tag = None
+    loc = error["loc"]
+    for position, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            path.append(("key", part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(("index", part))
+            node = node[part]
+        elif error["type"] == "missing" and position == len(loc) - 1:
+            path.append(("key", part))
+        elif first_tag is None:
+            first_tag = position
+    return path, first_tag
 
 
-def _reason(exc: ValidationError) -> str:
-    error = exc.errors()[0]
+def _main_error(errors: list[Any], data: Any) -> Any:
+    """The error to report: the first one, or, when it comes from one member of a union (e.g. an init given as a
+    mapping, tried as a name first), the error of the member that got furthest into what the user wrote."""
+    first = errors[0]
+    _, tag = _user_path(first, data)
+    if tag is None:
+        return first
+    prefix = first["loc"][:tag]
+    same_union = [e for e in errors if e["loc"][:tag] == prefix and len(e["loc"]) > tag]
+    return max(same_union, key=lambda e: len(_user_path(e, data)[0]))
+
+
+def _location(error: Any, data: Any) -> str:
+    text = ""
+    for kind, part in _user_path(error, data)[0]:
+        text += f"[{part}]" if kind == "index" else f".{part}"
+    field = getattr(error.get("ctx", {}).get("error"), "field", None)  # a `FieldError` names its sub-field
+    if field:
+        text += f".{field}"
+    return text.lstrip(".") or "spec"
+
+
+def _reason(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field"
@@ -59,8 +95,7 @@ def _reason(exc: ValidationError) -> str:
         return "required field is missing"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ")
-    if kind == "literal_error":
-        return f"{message} (got {error.get('input')!r})"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{message} (got {error.get('input')!r})"
+    if kind == "literal_error" or kind.endswith("_type") or kind.endswith("_parsing"):
+        got = repr(error.get("input"))
+        return f"{message} (got {got if len(got) <= 80 else got[:77] + '...'})"
     return message

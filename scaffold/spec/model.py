@@ -51,6 +51,14 @@ RESERVED_NAMES = frozenset(
 )  # fmt: skip
 
 
+class FieldError(ValueError):
+    """A validation error about one sub-field of the model that raises it: `field` is appended to the location."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,16 +82,16 @@ class Hyperparameter(_Strict):
         numeric = self.type in ("int", "float")
         bounds = {k: getattr(self, k) for k in ("min", "max", "gt", "lt") if getattr(self, k) is not None}
         if bounds and not numeric:
-            raise ValueError(f"bounds ({', '.join(bounds)}) only apply to int/float, not {self.type}")
+            raise FieldError(next(iter(bounds)), f"bounds ({', '.join(bounds)}) only apply to int/float, not {self.type}")
         if self.type == "enum":
             if not self.choices:
-                raise ValueError("an enum needs `choices`")
+                raise FieldError("choices", "an enum needs `choices`")
         elif self.choices is not None and self.type != "str":
-            raise ValueError(f"`choices` only apply to enum/str, not {self.type}")
+            raise FieldError("choices", f"`choices` only apply to enum/str, not {self.type}")
         if self.item is not None and self.type != "list":
-            raise ValueError("`item` only applies to list")
+            raise FieldError("item", "`item` only applies to list")
         if self.type == "list" and self.item is None:
-            raise ValueError("a list needs `item` (int, float or str)")
+            raise FieldError("item", "a list needs `item` (int, float or str)")
         _check_default(self)
         return self
 
@@ -94,15 +102,15 @@ def _check_default(hp: Hyperparameter) -> None:
         if hp.type == "list":
             return  # PEFT style: a list field defaults to None, meaning "empty"
         if not hp.nullable:
-            raise ValueError("`default` is required (or set `nullable: true` to allow None)")
+            raise FieldError("default", "`default` is required (or set `nullable: true` to allow None)")
         return
     if not _has_type(value, hp.type, hp.item):
-        raise ValueError(f"default {value!r} is not of type {hp.type}")
+        raise FieldError("default", f"default {value!r} is not of type {hp.type}")
     if hp.type in ("enum", "str") and hp.choices is not None and value not in hp.choices:
-        raise ValueError(f"default {value!r} is not one of the choices {hp.choices}")
+        raise FieldError("default", f"default {value!r} is not one of the choices {hp.choices}")
     reason = bound_violation(hp, value)
     if reason:
-        raise ValueError(f"default {value!r} is out of range: {reason}")
+        raise FieldError("default", f"default {value!r} is out of range: {reason}")
 
 
 def _has_type(value: Any, type_: str, item: str | None = None) -> bool:
@@ -157,6 +165,10 @@ class Weight(_Strict):
         description="used when init_weights=False (tests rely on it to get a non-trivial adapter); "
         "defaults to kaiming_uniform for 2-D and larger, normal for 1-D",
     )
+    init_by_layer: dict[LayerType, Init] = Field(
+        default_factory=dict,
+        description="identity init for specific layer types (e.g. LoRA's embeddings: A zeros, B normal)",
+    )
     trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
     shared: bool = Field(default=False, description="shared across layers (VeRA-style); reserved, not supported yet")
 
@@ -191,6 +203,10 @@ class MethodSpec(_Strict):
     merge: str | None = Field(default=None, description="new weight from `weight` (default: weight + delta)")
     unmerge: str | None = Field(default=None, description="inverse of `merge` (default: weight - delta)")
     layers: list[LayerType] = Field(default_factory=lambda: ["Linear"], min_length=1)
+    peft_test_kwargs: dict[LayerType, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="extra config kwargs for the rows added to PEFT's test matrix, per layer type",
+    )
     target_modules: Union[Literal["lora"], dict[str, list[str]]] = Field(
         default="lora", description='"lora" to reuse LoRA\'s defaults, or model_type -> module names'
     )
@@ -224,13 +240,13 @@ class MethodSpec(_Strict):
     def _check_identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
             if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
-                raise ValueError(f"{key!r} is not a valid identifier")
+                raise FieldError(str(key), f"{key!r} is not a valid identifier")
             if key in ("l", "O", "I"):
-                raise ValueError(f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
+                raise FieldError(key, f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
             if key in RESERVED_NAMES:
-                raise ValueError(f"{key!r} is reserved by the generated code")
+                raise FieldError(key, f"{key!r} is reserved by the generated code")
             if key in CONFIG_FIELDS:
-                raise ValueError(f"{key!r} is a field every generated config already has")
+                raise FieldError(key, f"{key!r} is a field every generated config already has")
         return value
 
     @field_validator("layers")
@@ -242,12 +258,20 @@ class MethodSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_cross(self) -> MethodSpec:
-        clash = (set(self.hyperparameters) & set(self.weights)) | (set(self.derived) & set(self.weights))
-        clash |= set(self.hyperparameters) & set(self.derived)
-        if clash:
-            raise ValueError(f"names used twice across hyperparameters/derived/weights: {', '.join(sorted(clash))}")
+        sections = {"hyperparameters": self.hyperparameters, "derived": self.derived, "weights": self.weights}
+        seen: dict[str, str] = {}
+        for section, names in sections.items():
+            for name in names:
+                if name in seen:
+                    raise FieldError(f"{section}.{name}", f"`{name}` is already a name in `{seen[name]}`")
+                seen[name] = section
+        for layer_type, kwargs in self.peft_test_kwargs.items():
+            unknown = set(kwargs) - set(self.hyperparameters)
+            if unknown:
+                raise ValueError(f"peft_test_kwargs.{layer_type}: unknown hyperparameter(s) {', '.join(sorted(unknown))}")
         if (self.merge is None) != (self.unmerge is None):
-            raise ValueError("`merge` and `unmerge` must be given together")
+            missing = "unmerge" if self.unmerge is None else "merge"
+            raise FieldError(missing, "`merge` and `unmerge` must be given together")
         return self
 
     @property
