@@ -8,6 +8,7 @@ The sdist is cached once per version, in `$PEFT_SCAFFOLD_CACHE` or `~/.cache/pef
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -42,9 +43,14 @@ def ensure_peft_sdist(version: str = DEFAULT_PEFT_VERSION, cache_dir: Path | Non
     except OSError as exc:
         raise ScaffoldError(str(cache), f"cannot create the cache directory ({exc.strerror})", FAILURE) from exc
     tarball = cache / f"peft-{version}.tar.gz"
-    if not tarball.is_file():
-        _download(version, cache)
-    _extract(tarball, extracted)
+    # one process at a time fetches a version (pytest-xdist workers start together on a fresh machine)
+    with open(cache / f".peft-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_peft_sdist(extracted):
+            return extracted
+        if not tarball.is_file():
+            _download(version, cache)
+        _extract(tarball, extracted)
     if not _is_peft_sdist(extracted):
         raise ScaffoldError(str(tarball), "the archive has no src/peft and tests/ directories", FAILURE)
     return extracted
