@@ -48,7 +48,8 @@ def test_downloads_once_then_uses_the_cache(tmp_path: Path, monkeypatch: pytest.
     assert "peft==0.21.2" in calls[0]
     assert ensure_peft_sdist("0.21.2", cache_dir=tmp_path) == root
     assert len(calls) == 1
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    assert leftovers == []  # no temporary download/extract directories
 
 
 def test_cached_tarball_is_extracted_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
