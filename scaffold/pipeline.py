@@ -84,3 +84,13 @@ def _stage(changeset: ChangeSet, generated: GeneratedFiles, *, force: bool, what
                 relpath, f"exists with different content; pass --force to overwrite ({what} was generated before?)"
             )
         changeset.write(relpath, text)
+
+
+def remove_from_tree(name: str, peft_root: Path, *, force: bool = False) -> tuple[ChangeSet, list[str]]:
+    """`remove NAME --peft-root DIR`: undo every registry edit and delete the generated files (from the manifest)."""
+    from scaffold import register
+
+    tree = register.detect_peft_tree(Path(peft_root))
+    changeset = ChangeSet(Path(peft_root))
+    results = register.plan_unregistration(changeset, tree, name, force=force)
+    return changeset, [str(result) for result in results]
