@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from parity_helpers import (
+from tests.parity_helpers import (
     CASE_NAMES,
     DIFF_KEYS,
     EFFECT_KEYS,

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_TOCTREE, fake_registration
+from tests.conftest import FAKE_TOCTREE, fake_registration
 from ruamel.yaml import YAML
 
 from scaffold.changeset import ChangeSet

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import fake_method_files
+from tests.conftest import fake_method_files
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError

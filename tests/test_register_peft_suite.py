@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fake_method_files
+from tests.conftest import fake_method_files
 
 from scaffold.changeset import ChangeSet
 from scaffold.register import detect_peft_tree, doctor, plan_registration, write_manifest

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fake_method_files, fake_registration
+from tests.conftest import fake_method_files, fake_registration
 
 import scaffold.changeset as changeset_mod
 from scaffold.changeset import ChangeSet

@@ -62,6 +62,8 @@ class Site(ABC):
     relpath: str  # may contain "{name}", the method name
     # False: PEFT itself leaves this out for some complete methods, so `doctor` reports it as optional, not a gap.
     required: bool = True
+    # Registration edits only the head of the file up to these module-level lists (see `split_head`).
+    head_names: tuple[str, ...] = ()
 
     def path(self, method_name: str) -> str:
         return self.relpath.format(name=method_name)
@@ -406,6 +408,7 @@ class TestCustomModelsSite(Site):
 
     name = "test_custom_models"
     relpath = "tests/test_custom_models.py"
+    head_names = ("TEST_CASES",)
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.test_cases else "no test cases given")
@@ -454,6 +457,7 @@ class TestMultipleAdaptersSite(Site):
     name = "test_custom_models_multi"
     relpath = "tests/test_custom_models.py"
     required = False
+    head_names = ("MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES",)
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.multiple_active_adapters_cases else "no multi-adapter cases given")
