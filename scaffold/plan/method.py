@@ -237,7 +237,7 @@ class _Planner:
         if name is None:
             return
         if name not in self.hp:
-            raise self.fail("dropout", f"names no hyperparameter (`{name}`)")
+            raise self.fail("dropout", f"names no hyperparameter ({name!r})")
         if self.hp[name].type != "float":
             raise self.fail("dropout", f"hyperparameter `{name}` must be a float, not {self.hp[name].type}")
 

@@ -80,11 +80,17 @@ def _main_error(errors: list[Any], data: Any) -> Any:
 def _location(error: Any, data: Any) -> str:
     text = ""
     for kind, part in _user_path(error, data)[0]:
-        text += f"[{part}]" if kind == "index" else f".{part}"
+        text += f"[{part}]" if kind == "index" else f".{_show(part)}"
     field = getattr(error.get("ctx", {}).get("error"), "field", None)  # a `FieldError` names its sub-field
     if field:
-        text += f".{field}"
+        text += f".{_show(field)}"
     return text.lstrip(".") or "spec"
+
+
+def _show(key: Any) -> str:
+    """A key as written, or quoted when it is empty or holds spaces or control characters (one line, visible)."""
+    text = str(key)
+    return text if text and text.isprintable() and " " not in text else repr(key)
 
 
 def _reason(error: Any) -> str:

@@ -8,10 +8,11 @@ Cross-field meaning, such as which names an expression may use, is checked when 
 from __future__ import annotations
 
 import keyword
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 LayerType = Literal["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
@@ -59,6 +60,23 @@ class FieldError(ValueError):
         self.field = field
 
 
+_TRIPLE_QUOTE = '`"""`'
+
+
+def check_text(value: str, *, one_line: bool = False, literal: bool = False) -> str:
+    """Text the generated code quotes: in docstrings (no `\"\"\"`, no backslash), on one line, or inside a string
+    or f-string literal (`literal`: no quotes or braces either)."""
+    if '"""' in value or "\\" in value:
+        raise ValueError('may not contain `"""` or a backslash (it is copied into generated docstrings)')
+    if literal and any(c in value for c in "\"'{}"):
+        raise ValueError("may not contain quotes or braces (it is copied into generated string literals)")
+    if not all(c.isprintable() or (c in "\n\t" and not one_line) for c in value):
+        raise ValueError(
+            "must be a single line of printable text" if one_line else "may not contain control characters"
+        )
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,12 +95,29 @@ class Hyperparameter(_Strict):
     item: Literal["int", "float", "str"] | None = Field(default=None, description="element type (list)")
     nullable: bool = Field(default=False, description="whether None is allowed (typed Optional[...])")
 
+    @field_validator("help")
+    @classmethod
+    def _check_help(cls, value: str) -> str:
+        return check_text(value)
+
+    @field_validator("choices")
+    @classmethod
+    def _check_choices(cls, value: list[str] | None) -> list[str] | None:
+        for choice in value or ():
+            check_text(choice, one_line=True, literal=True)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Hyperparameter:
         numeric = self.type in ("int", "float")
         bounds = {k: getattr(self, k) for k in ("min", "max", "gt", "lt") if getattr(self, k) is not None}
+        for key, limit in bounds.items():
+            if not math.isfinite(limit):
+                raise FieldError(key, f"bound {limit!r} is not a finite number")
         if bounds and not numeric:
-            raise FieldError(next(iter(bounds)), f"bounds ({', '.join(bounds)}) only apply to int/float, not {self.type}")
+            raise FieldError(
+                next(iter(bounds)), f"bounds ({', '.join(bounds)}) only apply to int/float, not {self.type}"
+            )
         if self.type == "enum":
             if not self.choices:
                 raise FieldError("choices", "an enum needs `choices`")
@@ -108,6 +143,11 @@ def _check_default(hp: Hyperparameter) -> None:
         raise FieldError("default", f"default {value!r} is not of type {hp.type}")
     if hp.type in ("enum", "str") and hp.choices is not None and value not in hp.choices:
         raise FieldError("default", f"default {value!r} is not one of the choices {hp.choices}")
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+        raise FieldError("default", f"default {value!r} is not a finite number")
+    if '"""' in repr(value):
+        raise FieldError("default", f"default {value!r} may not contain {_TRIPLE_QUOTE} (copied into docstrings)")
     reason = bound_violation(hp, value)
     if reason:
         raise FieldError("default", f"default {value!r} is out of range: {reason}")
@@ -228,6 +268,16 @@ class MethodSpec(_Strict):
             raise ValueError(f"{value!r} collides with PEFT's existing method `{value}`")
         return value
 
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, value: str | None) -> str | None:
+        return value if value is None else check_text(value, one_line=True, literal=True)
+
+    @field_validator("paper", "summary")
+    @classmethod
+    def _check_prose(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value if value is None else check_text(value, one_line=info.field_name == "paper")
+
     @field_validator("class_prefix")
     @classmethod
     def _check_prefix(cls, value: str | None) -> str | None:
@@ -268,7 +318,19 @@ class MethodSpec(_Strict):
         for layer_type, kwargs in self.peft_test_kwargs.items():
             unknown = set(kwargs) - set(self.hyperparameters)
             if unknown:
-                raise ValueError(f"peft_test_kwargs.{layer_type}: unknown hyperparameter(s) {', '.join(sorted(unknown))}")
+                raise FieldError(
+                    f"peft_test_kwargs.{layer_type}",
+                    f"unknown hyperparameter(s) {', '.join(sorted(map(repr, unknown)))}",
+                )
+            for key, value in kwargs.items():  # they are written into PEFT's test matrix: same rules as a default
+                hp = self.hyperparameters[key]
+                try:
+                    if value is None and not (hp.nullable or hp.type == "list"):
+                        raise FieldError("", "None is not allowed (the hyperparameter is not nullable)")
+                    _check_default(hp.model_copy(update={"default": value}))
+                except FieldError as exc:
+                    where = f"peft_test_kwargs.{layer_type}.{key}"
+                    raise FieldError(where, str(exc).removeprefix("default ")) from None
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
