@@ -129,7 +129,7 @@ def new(
         for change in applied:
             out.print(f"  {change.action:<7} {change.relpath}", highlight=False)
         for note in generation.notes:
-            out.print(f"  {note}", highlight=False)
+            out.print(f"  {note}", highlight=False, markup=False, soft_wrap=True)
         title, root_shown = escape(generation.plan.title), escape(str(root))
         out.print(f"[green]Generated {title}[/] ({generation.plan.config_cls}) in {root_shown}")
 

@@ -51,15 +51,16 @@ def run_demo(directory: Path, console: Console, as_json: bool = False) -> dict[s
 
     t0 = time.perf_counter()
     generation = pipeline.generate_into_tree(spec, tree)
+    changed_files = len(generation.changeset.changes)
     generation.changeset.apply()
     plan = generation.plan
     generate_seconds = time.perf_counter() - t0
     console.print(
-        f"[bold]2.[/] Generated and registered {plan.title} ({len(generation.changeset.changes)} files) "
+        f"[bold]2.[/] Generated and registered {plan.title} ({changed_files} files) "
         f"in {generate_seconds:.2f}s"
     )
     for note in generation.notes:
-        console.print(f"     {note}", highlight=False)
+        console.print(f"     {note}", highlight=False, markup=False, soft_wrap=True)
 
     with console.status(f"Running the generated tests (tests/{Path(generation.generated.test_file).name})..."):
         generated_tests = run_pytest(tree, [generation.generated.test_file])

@@ -18,7 +18,7 @@ def resource_dir(name: str) -> Path:
 
 def reference_spec(name: str) -> Path:
     path = resource_dir("reference_methods") / f"{name}.yaml"
-    if not path.is_file():
+    if not name.isidentifier() or not path.is_file():
         from scaffold.errors import ScaffoldError
 
         known = sorted(p.stem for p in resource_dir("reference_methods").glob("*.yaml"))
