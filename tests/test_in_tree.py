@@ -53,3 +53,12 @@ def test_peft_own_matrix_passes_for_reference_lora(peft_tree):
     config = run_pytest(peft_tree, ["tests/test_config.py", "-k", f"{plan.config_cls} and {OFFLINE_DESELECT}"])
     assert config.failed == 0 and config.errors == 0, config.output_tail
     assert config.passed > 10
+
+
+@pytest.mark.parametrize("version", ["0.20.0", "0.19.1"])
+def test_reference_lora_in_older_supported_trees(version, make_peft_tree):
+    tree = make_peft_tree(version)
+    plan = _generate(SPECS[0], tree)
+    counts = run_pytest(tree, [f"tests/test_{plan.name}.py"])
+    assert counts.failed == 0 and counts.errors == 0, counts.output_tail
+    assert counts.passed >= 10 * len(plan.spec.layers)
