@@ -104,7 +104,7 @@ def new(
     if as_json:
         emit_json(
             {
-                "name": generation.plan.name,
+                "name": generation.name,
                 "root": str(root),
                 "dry_run": dry_run,
                 "up_to_date": generation.up_to_date,
@@ -115,13 +115,13 @@ def new(
     if dry_run:
         if not as_json:
             if changeset.is_empty():
-                out.print(f"{generation.plan.name}: up to date; nothing to change.")
+                out.print(f"{generation.name}: up to date; nothing to change.")
             else:
                 changeset.render_diff(out)
         return
     if changeset.is_empty():
         if not as_json:
-            out.print(f"{generation.plan.name}: up to date; nothing to change.")
+            out.print(f"{generation.name}: up to date; nothing to change.")
         return
     applied = changeset.changes
     changeset.apply()
@@ -130,8 +130,8 @@ def new(
             out.print(f"  {change.action:<7} {change.relpath}", highlight=False)
         for note in generation.notes:
             out.print(f"  {note}", highlight=False, markup=False, soft_wrap=True)
-        title, root_shown = escape(generation.plan.title), escape(str(root))
-        out.print(f"[green]Generated {title}[/] ({generation.plan.config_cls}) in {root_shown}")
+        title, root_shown = escape(generation.title), escape(str(root))
+        out.print(f"[green]Generated {title}[/] ({escape(generation.headline)}) in {root_shown}")
 
 
 @app.command()
@@ -210,7 +210,20 @@ def check(
     from scaffold import pipeline
     from scaffold.render.files import Layout, paths_for
 
-    plan = pipeline.plan_from_file(spec)
+    from scaffold.spec import load_spec
+
+    loaded = load_spec(spec)
+    extension = pipeline.extension_for(loaded)
+    if extension is not None:
+        extension_summary = extension.summary(loaded, str(spec))
+        if as_json:
+            emit_json(extension_summary)
+        else:
+            out.print(f"[green]ok[/] {escape(str(spec))}: {escape(loaded.kind)} `{escape(loaded.name)}`")
+            for key, value in extension_summary.items():
+                out.print(f"  {key}: {value}", markup=False, highlight=False)
+        return
+    plan = pipeline.build_plan(loaded, source=str(spec))
     files = sorted(paths_for(plan, Layout.PEFT_TREE).values())
     summary = {
         "name": plan.name,

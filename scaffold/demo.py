@@ -54,6 +54,7 @@ def run_demo(directory: Path, console: Console, as_json: bool = False) -> dict[s
     changed_files = len(generation.changeset.changes)
     generation.changeset.apply()
     plan = generation.plan
+    assert plan is not None and generation.generated is not None  # the demo spec is a tuner
     generate_seconds = time.perf_counter() - t0
     console.print(
         f"[bold]2.[/] Generated and registered {plan.title} ({changed_files} files) "

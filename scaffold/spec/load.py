@@ -12,7 +12,7 @@ from scaffold.errors import ScaffoldError
 from scaffold.spec.model import MethodSpec
 
 
-def load_spec(path: Path) -> MethodSpec:
+def load_spec(path: Path) -> Any:
     """Read and validate the spec at `path`; raise `ScaffoldError` (exit 2) on any problem."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -23,7 +23,7 @@ def load_spec(path: Path) -> MethodSpec:
     return parse_spec(text, source=str(path))
 
 
-def parse_spec(text: str, source: str = "<spec>") -> MethodSpec:
+def parse_spec(text: str, source: str = "<spec>") -> Any:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -36,9 +36,20 @@ def parse_spec(text: str, source: str = "<spec>") -> MethodSpec:
     return spec_from_data(data, source)
 
 
-def spec_from_data(data: dict[str, Any], source: str = "<spec>") -> MethodSpec:
+def spec_from_data(data: dict[str, Any], source: str = "<spec>") -> Any:
+    """Validate `data` with the model of its `kind` (`tuner` by default; see `scaffold.extensions`)."""
+    model: Any = MethodSpec
+    kind = data.get("kind", "tuner")
+    if kind != "tuner":
+        from scaffold.extensions import extension_kinds, get_extension
+
+        extension = get_extension(kind) if isinstance(kind, str) else None
+        if extension is None:
+            kinds = ", ".join(["tuner", *extension_kinds()])
+            raise ScaffoldError(f"{source}: kind", f"must be one of {kinds} (got {kind!r})")
+        model = extension.spec_model
     try:
-        return MethodSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         error = _main_error(exc.errors(), data)
         raise ScaffoldError(f"{source}: {_location(error, data)}", _reason(error)) from None
