@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -73,11 +73,11 @@ def emit_json(data: Any) -> None:
 def new(
     spec: Annotated[Path, typer.Argument(help="The method spec (YAML).", show_default=False)],
     peft_root: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--peft-root", help="A PEFT source tree (with src/peft): generate into it and register."),
     ] = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option("--out", help="Only write the generated files into this directory.")
+        Path | None, typer.Option("--out", help="Only write the generated files into this directory.")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change as a diff; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files generated from a different spec.")] = False,
@@ -169,7 +169,7 @@ def remove(
 @handle_errors
 def doctor(
     peft_root: Annotated[Path, typer.Option("--peft-root", help="The PEFT source tree.")],
-    name: Annotated[Optional[str], typer.Argument(help="One method (default: every method).")] = None,
+    name: Annotated[str | None, typer.Argument(help="One method (default: every method).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Report, for each method in a PEFT tree (hand-written ones too), which registry sites it is in and what is
@@ -209,7 +209,6 @@ def check(
     """Validate SPEC and show what would be generated (classes, weights, files), without writing anything."""
     from scaffold import pipeline
     from scaffold.render.files import Layout, paths_for
-
     from scaffold.spec import load_spec
 
     loaded = load_spec(spec)
@@ -265,7 +264,7 @@ def init(
     name: Annotated[str, typer.Argument(help="The new method's name (lowercase identifier).", show_default=False)],
     like: Annotated[str, typer.Option("--like", help="Start from this template: lora or blank.")] = "lora",
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Write the spec here (default: stdout).")
+        Path | None, typer.Option("-o", "--output", help="Write the spec here (default: stdout).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:

@@ -57,8 +57,7 @@ def run_demo(directory: Path, console: Console, as_json: bool = False) -> dict[s
     assert plan is not None and generation.generated is not None  # the demo spec is a tuner
     generate_seconds = time.perf_counter() - t0
     console.print(
-        f"[bold]2.[/] Generated and registered {plan.title} ({changed_files} files) "
-        f"in {generate_seconds:.2f}s"
+        f"[bold]2.[/] Generated and registered {plan.title} ({changed_files} files) in {generate_seconds:.2f}s"
     )
     for note in generation.notes:
         console.print(f"     {note}", highlight=False, markup=False, soft_wrap=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from scaffold.peft_source import copy_peft_tree
 from tests.parity_helpers import (
     CASE_NAMES,
     DIFF_KEYS,
@@ -22,8 +24,6 @@ from tests.parity_helpers import (
     generate_into_tree,
     run_parity,
 )
-
-from scaffold.peft_source import copy_peft_tree
 
 
 # fp32: the generated method and PEFT's LoRA must agree this closely on every quantity

@@ -6,13 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tests.conftest import FAKE_TOCTREE, fake_registration
 from ruamel.yaml import YAML
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
 from scaffold.register import detect_peft_tree, plan_registration
 from scaffold.register.sites import DocsPageSite, DocsToctreeSite, docs_page
+from tests.conftest import FAKE_TOCTREE, fake_registration
 
 
 TOC = DocsToctreeSite()

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.conftest import fake_method_files
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
@@ -19,6 +18,7 @@ from scaffold.register import (
     plan_registration,
     write_manifest,
 )
+from tests.conftest import fake_method_files
 
 
 # Where PEFT 0.21.2 itself is incomplete: UniLoRA is missing from test_config.py's ALL_CONFIG_CLASSES, and

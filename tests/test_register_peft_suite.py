@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import fake_method_files
 
 from scaffold.changeset import ChangeSet
 from scaffold.register import detect_peft_tree, doctor, plan_registration, write_manifest
+from tests.conftest import fake_method_files
 
 
 # These need the Hugging Face Hub and fail offline for every method, LoraConfig included.

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import fake_method_files, fake_registration
 
 import scaffold.changeset as changeset_mod
 from scaffold.changeset import ChangeSet
@@ -28,6 +27,7 @@ from scaffold.register import (
     registers_constants,
     write_manifest,
 )
+from tests.conftest import fake_method_files, fake_registration
 
 
 def register_fake(root: Path, source: str = "supertuning") -> ChangeSet:

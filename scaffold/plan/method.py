@@ -163,7 +163,11 @@ class _Planner:
             raise self.fail(where, unknown_dim or str(exc)) from None
         if tensor and "F." in ast_dump(expr):
             self.imports_functional = True
-        if "kernel_numel" in expr.names or not tensor and (expr.calls & set(_SCALAR_MATH) or expr.names & set(_SCALAR_CONST)):
+        if (
+            "kernel_numel" in expr.names
+            or not tensor
+            and (expr.calls & set(_SCALAR_MATH) or expr.names & set(_SCALAR_CONST))
+        ):
             self.imports_math = True
         return expr
 
@@ -257,11 +261,17 @@ class _Planner:
             if limit is not None:
                 shown = _num(limit, hp.type)
                 checks.append(
-                    (f"{guard}self.{name} {bad_op} {shown}", f"`{name}` must be {good_op} {shown}, got {{self.{name}}}")
+                    (
+                        f"{guard}self.{name} {bad_op} {shown}",
+                        f"`{name}` must be {good_op} {shown}, got {{self.{name}}}",
+                    )
                 )
         if hp.choices is not None:
             checks.append(
-                (f"{guard}self.{name} not in {tuple(hp.choices)!r}", f"`{name}` must be one of {hp.choices}, got {{self.{name}!r}}")
+                (
+                    f"{guard}self.{name} not in {tuple(hp.choices)!r}",
+                    f"`{name}` must be one of {hp.choices}, got {{self.{name}!r}}",
+                )
             )
         return HyperparameterPlan(name, annotation, default, False, hp.help or name.replace("_", " "), checks, hp)
 
@@ -283,7 +293,7 @@ class _Planner:
     def forwards(self) -> dict[str, Expression]:
         names = self.tensor_names() | {"x", "base", "delta_weight"}
         functions = {"layer_op"} | ({"dropout"} if self.spec.dropout else set())
-        exprs = {}
+        exprs: dict[str, Expression] = {}
         for key, text in self.spec.forward.items():
             family = family_of_forward_key(key)
             if family is None:
@@ -328,7 +338,11 @@ class _Planner:
         for expr in shape:
             code = render(expr, mapping, _SCALAR_MATH)
             simple = expr.tree.__class__.__name__ in ("Name", "Constant") and (
-                not expr.names or all(n in UNIVERSAL_DIMS or self.hp.get(n, None) is not None and self.hp[n].type == "int" for n in expr.names)
+                not expr.names
+                or all(
+                    n in UNIVERSAL_DIMS or self.hp.get(n, None) is not None and self.hp[n].type == "int"
+                    for n in expr.names
+                )
             )
             shape_code.append(code if simple else f"int({code})")
         if any(x.calls & set(_SCALAR_MATH) for x in shape):
@@ -461,7 +475,9 @@ class _Planner:
             lines.append(f"return ({render(forward, dims, calls)}).to(result.dtype)")
         else:
             lines.append(f"return result + ({render(forward, dims, calls)}).to(result.dtype)")
-        return LayerClassPlan(family, self.torch_classes(family), self.base_types(family), lines, forward.uses("layer_op"))
+        return LayerClassPlan(
+            family, self.torch_classes(family), self.base_types(family), lines, forward.uses("layer_op")
+        )
 
     def base_types(self, family: LayerFamily) -> list[str]:
         return [t for t in family.base_types if t in self.spec.layers]

@@ -15,7 +15,6 @@ sites and which items of PEFT's contributor checklist they cover, `doctor` for c
 from __future__ import annotations
 
 import ast
-
 import re
 from dataclasses import dataclass
 from typing import Literal

@@ -34,7 +34,11 @@ class GeneratedFiles:
 def paths_for(plan: MethodPlan, layout: Layout) -> dict[str, str]:
     """template name -> output path."""
     package = f"src/peft/tuners/{plan.name}" if layout is Layout.PEFT_TREE else plan.name
-    example = f"examples/{plan.name}/{plan.name}_example.py" if layout is Layout.PEFT_TREE else f"examples/{plan.name}_example.py"
+    example = (
+        f"examples/{plan.name}/{plan.name}_example.py"
+        if layout is Layout.PEFT_TREE
+        else f"examples/{plan.name}_example.py"
+    )
     return {
         "tuner/__init__.py.j2": f"{package}/__init__.py",
         "tuner/config.py.j2": f"{package}/config.py",
@@ -81,7 +85,8 @@ def render_method(
     context = {
         "p": plan,
         "spec_file": spec_file,
-        "exports": [plan.config_cls, plan.model_cls, plan.layer_cls] + [lc.family.class_name for lc in plan.layer_classes],
+        "exports": [plan.config_cls, plan.model_cls, plan.layer_cls]
+        + [lc.family.class_name for lc in plan.layer_classes],
         "mapping_import": mapping_import,
         "mapping_name": mapping_name,
         "supported_text": ", ".join(f"`{s}`" for s in supported),

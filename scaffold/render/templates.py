@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import textwrap
-from functools import lru_cache
+from functools import cache
+from pathlib import Path
 
 import jinja2
 
@@ -15,7 +16,7 @@ def template_dir() -> Path:
     return resource_dir("templates")
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment(override_dir: str | None = None) -> jinja2.Environment:
     search = [override_dir] if override_dir else []
     loader = jinja2.FileSystemLoader([*search, str(template_dir())])

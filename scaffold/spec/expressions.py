@@ -184,7 +184,9 @@ class _Checker(ast.NodeVisitor):
         for elt in node.elts:
             self.visit(elt)
 
-    visit_List = visit_Tuple
+    def visit_List(self, node: ast.List) -> None:
+        for elt in node.elts:
+            self.visit(elt)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         if not self.tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -192,13 +192,13 @@ class InitCall(_Strict):
     gain: str | float | None = None
 
 
-Init = Union[InitName, InitCall]
+Init = InitName | InitCall
 
 
 class Weight(_Strict):
     """An adapter tensor, one per adapter and per adapted layer."""
 
-    shape: list[Union[int, str]] = Field(min_length=1, max_length=4)
+    shape: list[int | str] = Field(min_length=1, max_length=4)
     init: Init = Field(description="used when init_weights=True: the adapter must start as a no-op")
     random_init: Init | None = Field(
         default=None,
@@ -231,7 +231,7 @@ class MethodSpec(_Strict):
     summary: str = ""
     math: str | None = Field(default=None, description="LaTeX of the update, for docs")
     hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
-    derived: dict[str, Union[str, float]] = Field(
+    derived: dict[str, str | float] = Field(
         default_factory=dict, description="per-adapter scalars computed from hyperparameters, in order"
     )
     dropout: str | None = Field(default=None, description="float hyperparameter used as dropout on the input")
@@ -242,12 +242,12 @@ class MethodSpec(_Strict):
     )
     merge: str | None = Field(default=None, description="new weight from `weight` (default: weight + delta)")
     unmerge: str | None = Field(default=None, description="inverse of `merge` (default: weight - delta)")
-    layers: list[LayerType] = Field(default_factory=lambda: ["Linear"], min_length=1)
+    layers: list[LayerType] = Field(default_factory=lambda: list[LayerType](["Linear"]), min_length=1)
     peft_test_kwargs: dict[LayerType, dict[str, Any]] = Field(
         default_factory=dict,
         description="extra config kwargs for the rows added to PEFT's test matrix, per layer type",
     )
-    target_modules: Union[Literal["lora"], dict[str, list[str]]] = Field(
+    target_modules: Literal["lora"] | dict[str, list[str]] = Field(
         default="lora", description='"lora" to reuse LoRA\'s defaults, or model_type -> module names'
     )
 
@@ -308,7 +308,11 @@ class MethodSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_cross(self) -> MethodSpec:
-        sections = {"hyperparameters": self.hyperparameters, "derived": self.derived, "weights": self.weights}
+        sections: dict[str, dict[str, Any]] = {
+            "hyperparameters": self.hyperparameters,
+            "derived": self.derived,
+            "weights": self.weights,
+        }
         seen: dict[str, str] = {}
         for section, names in sections.items():
             for name in names:

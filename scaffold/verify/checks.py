@@ -85,8 +85,8 @@ def run_pytest(tree: Path, args: list[str], *, workers: int = 2, timeout: float 
                 counts.failed += int(suite.get("failures", 0))
                 counts.errors += int(suite.get("errors", 0))
                 counts.skipped += int(suite.get("skipped", 0))
-                counts.passed += total - int(suite.get("failures", 0)) - int(suite.get("errors", 0)) - int(
-                    suite.get("skipped", 0)
+                counts.passed += (
+                    total - int(suite.get("failures", 0)) - int(suite.get("errors", 0)) - int(suite.get("skipped", 0))
                 )
         return counts
 
@@ -117,7 +117,16 @@ def lint_generated(
             env = tree_env(tree)
             env["MYPYPATH"] = str(Path(tree) / "src")
             proc = subprocess.run(
-                [sys.executable, "-m", "mypy", "--config-file", str(mypy_config), "--cache-dir", str(default_cache_dir() / "mypy"), *paths],
+                [
+                    sys.executable,
+                    "-m",
+                    "mypy",
+                    "--config-file",
+                    str(mypy_config),
+                    "--cache-dir",
+                    str(default_cache_dir() / "mypy"),
+                    *paths,
+                ],
                 cwd=tree,
                 env=env,
                 capture_output=True,
