@@ -15,6 +15,7 @@ from scaffold.errors import ScaffoldError
 from scaffold.extensions import Extension, available_extensions, get_extension
 from scaffold.plan import MethodPlan, build_plan
 from scaffold.render import GeneratedFiles, Layout, render_method
+from scaffold.render.files import header_year
 from scaffold.spec import load_spec
 
 
@@ -55,11 +56,12 @@ def generate_files_only(spec_path: Path, out_dir: Path, *, force: bool = False) 
     if (extension := extension_for(spec)) is not None:
         return extension.generate_files_only(spec, Path(spec_path), Path(out_dir), force=force)
     plan = build_plan(spec, source=str(spec_path))
-    generated = render_method(plan, layout=Layout.STANDALONE, spec_file=Path(spec_path).name)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ScaffoldError(str(out_dir), "exists and is not a directory")
     changeset = ChangeSet(out_dir)
+    year = header_year(changeset.read(f"{plan.name}/__init__.py"))
+    generated = render_method(plan, layout=Layout.STANDALONE, spec_file=Path(spec_path).name, year=year)
     _stage(changeset, generated, force=force, what=str(out_dir))
     return Generation(plan.name, plan.title, plan.config_cls, changeset, generated, plan=plan)
 
@@ -76,13 +78,14 @@ def generate_into_tree(spec_path: Path, peft_root: Path, *, force: bool = False)
     from scaffold.plan.registration import registration_for
 
     registration = registration_for(plan)
+    changeset = ChangeSet(Path(peft_root))
     generated = render_method(
         plan,
         layout=Layout.PEFT_TREE,
         spec_file=Path(spec_path).name,
         registered_constants=register.registers_constants(register.NEW_SITES),
+        year=header_year(changeset.read(f"src/peft/tuners/{plan.name}/__init__.py")),
     )
-    changeset = ChangeSet(Path(peft_root))
     register.check_collision(tree, registration, spec_hash=spec_hash(spec_path), force=force)
     _stage(changeset, generated, force=force, what=generated.package_dir)
     results = register.plan_registration(changeset, tree, registration, sites=register.NEW_SITES)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -49,6 +51,15 @@ def paths_for(plan: MethodPlan, layout: Layout) -> dict[str, str]:
     }
 
 
+_HEADER_YEAR = re.compile(r"^# Copyright (\d{4})-present", re.MULTILINE)
+
+
+def header_year(existing: str | None) -> int | None:
+    """The year in the licence header of a previously generated file, so re-generating keeps it."""
+    match = _HEADER_YEAR.search(existing or "")
+    return int(match.group(1)) if match else None
+
+
 def out_of_range_values(plan: MethodPlan) -> list[tuple[str, str]]:
     """One value just outside each bound, for the generated tests that check the config rejects it."""
     values = []
@@ -71,6 +82,7 @@ def render_method(
     spec_file: str = "spec.yaml",
     registered_constants: bool = False,
     template_override_dir: str | None = None,
+    year: int | None = None,
 ) -> GeneratedFiles:
     """Render every file of the method. `registered_constants`: the tree has the method's own target-module
     constant in `peft.utils` (the full registrar adds it); otherwise model.py reuses LoRA's or defines its own."""
@@ -93,6 +105,8 @@ def render_method(
         "has_linear": any(lc.family.kind == "linear" for lc in plan.layer_classes),
         "package_import": f"peft.tuners.{plan.name}" if layout is Layout.PEFT_TREE else plan.name,
         "layout": layout.value,
+        # the licence header's year: given (kept from an earlier generation), else this year
+        "year": year or datetime.date.today().year,
         "out_of_range": out_of_range_values(plan),
         "example_name": f"{plan.name}_example.py",
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import textwrap
 from functools import cache
 from pathlib import Path
@@ -31,5 +30,4 @@ def environment(override_dir: str | None = None) -> jinja2.Environment:
     env.filters["wrap"] = lambda text, width: "\n".join(textwrap.wrap(" ".join(str(text).split()), width))
     env.filters["pyrepr"] = repr
     env.filters["tuple"] = tuple
-    env.globals["year"] = datetime.date.today().year
     return env
