@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from scaffold.changeset import ChangeSet, FileChange
 from scaffold.errors import FAILURE, ScaffoldError
 
 
@@ -62,6 +63,16 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(FAILURE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def apply_changes(changeset: ChangeSet, *, quiet: bool) -> list[FileChange]:
+    """Apply atomically, then list what changed (computed before applying: afterwards disk equals the plan)."""
+    applied = changeset.changes
+    changeset.apply()
+    if not quiet:
+        for change in applied:
+            out.print(f"  {change.action:<7} {change.relpath}", highlight=False, markup=False)
+    return applied
 
 
 def emit_json(data: Any) -> None:
@@ -123,11 +134,8 @@ def new(
         if not as_json:
             out.print(f"{generation.name}: up to date; nothing to change.")
         return
-    applied = changeset.changes
-    changeset.apply()
+    apply_changes(changeset, quiet=as_json)
     if not as_json:
-        for change in applied:
-            out.print(f"  {change.action:<7} {change.relpath}", highlight=False)
         for note in generation.notes:
             out.print(f"  {note}", highlight=False, markup=False, soft_wrap=True)
         title, root_shown = escape(generation.title), escape(str(root))
@@ -157,11 +165,8 @@ def remove(
         changeset.render_diff(out)
     if dry_run:
         return
-    applied = changeset.changes
-    changeset.apply()
+    apply_changes(changeset, quiet=as_json)
     if not as_json:
-        for change in applied:
-            out.print(f"  {change.action:<7} {change.relpath}", highlight=False)
         out.print(f"[green]Removed {name}[/] from {peft_root}")
 
 

@@ -52,7 +52,8 @@ def test_generated_classes_follow_peft_conventions(tmp_path):
     files = render_method(plan, layout=Layout.STANDALONE).files
     layer = ast.parse(files["reflora/layer.py"])
     classes = {node.name: node for node in layer.body if isinstance(node, ast.ClassDef)}
-    assert set(classes) == {"RefLoraLayer", "Linear", "Embedding", "Conv1d", "Conv2d"}
+    assert set(classes) == {"RefLoraLayer", "Linear", "Embedding", "_ConvNd", "Conv1d", "Conv2d"}
+    assert [ast.unparse(b) for b in classes["Conv2d"].bases] == ["_ConvNd"]
     assert [ast.unparse(b) for b in classes["Linear"].bases] == ["nn.Module", "RefLoraLayer"]
     base_methods = {n.name for n in classes["RefLoraLayer"].body if isinstance(n, ast.FunctionDef)}
     assert {"update_layer", "get_delta_weight", "merge", "unmerge", "forward", "_mixed_batch_forward"} <= base_methods

@@ -112,6 +112,12 @@ class MethodPlan:
         return names
 
     @property
+    def conv_forward_shared(self) -> bool:
+        """Whether every convolution class has the same forward (then it lives on their shared base class)."""
+        forwards = [lc.forward_lines for lc in self.layer_classes if lc.family.kind == "conv"]
+        return all(lines == forwards[0] for lines in forwards)
+
+    @property
     def identity_init_branches(self) -> list[tuple[str | None, list[str]]]:
         """(layer class or None for the rest, init lines) for `reset_<name>_parameters`."""
         classes = [lc.family.class_name for lc in self.layer_classes]

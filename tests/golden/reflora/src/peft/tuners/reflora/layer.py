@@ -43,13 +43,7 @@ def _get_in_out_features(base_layer: nn.Module) -> tuple[int, int]:
         return base_layer.in_features, base_layer.out_features
     if isinstance(base_layer, nn.Embedding):
         return base_layer.num_embeddings, base_layer.embedding_dim
-    if isinstance(base_layer, nn.Conv1d):
-        # a convolution's weight seen as a matrix: (out_channels, in_channels / groups * kernel elements)
-        kernel_numel = 1
-        for size in base_layer.kernel_size:
-            kernel_numel *= size
-        return base_layer.in_channels // base_layer.groups * kernel_numel, base_layer.out_channels
-    if isinstance(base_layer, nn.Conv2d):
+    if isinstance(base_layer, (nn.Conv1d, nn.Conv2d)):
         # a convolution's weight seen as a matrix: (out_channels, in_channels / groups * kernel elements)
         kernel_numel = 1
         for size in base_layer.kernel_size:
@@ -301,15 +295,15 @@ class Linear(nn.Module, RefLoraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
+        return RefLoraLayer.forward(self, x, *args, **kwargs)
+
     def _to_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return transpose(weight, self.fan_in_fan_out)
 
     def _from_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return transpose(weight, self.fan_in_fan_out)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
-        return RefLoraLayer.forward(self, x, *args, **kwargs)
 
     def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
         lora_A = self.reflora_lora_A[adapter_name]
@@ -334,6 +328,10 @@ class Embedding(nn.Module, RefLoraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
+        return RefLoraLayer.forward(self, x, *args, **kwargs)
+
     def _to_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.T
 
@@ -353,87 +351,53 @@ class Embedding(nn.Module, RefLoraLayer):
             sparse=base_layer.sparse,
         )
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
-        return RefLoraLayer.forward(self, x, *args, **kwargs)
-
     def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
         dropout = self.reflora_dropout[adapter_name]
         delta_weight = self._canonical_delta(adapter_name)
         return result + self._layer_op(x, delta_weight).to(result.dtype)
 
 
-class Conv1d(nn.Module, RefLoraLayer):
+class _ConvNd(nn.Module, RefLoraLayer):
+    """RefLoRA implemented in a convolution layer; the subclasses name the dimensionality."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: RefLoraConfig,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        RefLoraLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
+        return RefLoraLayer.forward(self, x, *args, **kwargs)
+
+    def _to_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.reshape(self._base().weight.shape)
+
+    def _from_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.flatten(1)
+
+    def _layer_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Apply `weight`, given in the canonical view, the way the base layer applies its own."""
+        base_layer = self._base()
+        kernel = weight.reshape(weight.shape[0], -1, *base_layer.kernel_size)
+        # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups
+        return base_layer._conv_forward(x, kernel, None)
+
+    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        dropout = self.reflora_dropout[adapter_name]
+        delta_weight = self._canonical_delta(adapter_name)
+        return result + self._layer_op(dropout(x), delta_weight).to(result.dtype)
+
+
+class Conv1d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv1d` layer."""
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        config: RefLoraConfig,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        RefLoraLayer.__init__(self, base_layer, **kwargs)
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
 
-    def _to_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.reshape(self._base().weight.shape)
-
-    def _from_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.flatten(1)
-
-    def _layer_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Apply `weight`, given in the canonical view, the way the base layer applies its own."""
-        base_layer = self._base()
-        kernel = weight.reshape(weight.shape[0], -1, *base_layer.kernel_size)
-        # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups
-        return base_layer._conv_forward(x, kernel, None)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
-        return RefLoraLayer.forward(self, x, *args, **kwargs)
-
-    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        dropout = self.reflora_dropout[adapter_name]
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(dropout(x), delta_weight).to(result.dtype)
-
-
-class Conv2d(nn.Module, RefLoraLayer):
+class Conv2d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv2d` layer."""
-
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        config: RefLoraConfig,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        RefLoraLayer.__init__(self, base_layer, **kwargs)
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
-
-    def _to_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.reshape(self._base().weight.shape)
-
-    def _from_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.flatten(1)
-
-    def _layer_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Apply `weight`, given in the canonical view, the way the base layer applies its own."""
-        base_layer = self._base()
-        kernel = weight.reshape(weight.shape[0], -1, *base_layer.kernel_size)
-        # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups
-        return base_layer._conv_forward(x, kernel, None)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        # nn.Module precedes RefLoraLayer in the MRO, so dispatch to the shared implementation explicitly
-        return RefLoraLayer.forward(self, x, *args, **kwargs)
-
-    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        dropout = self.reflora_dropout[adapter_name]
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(dropout(x), delta_weight).to(result.dtype)
