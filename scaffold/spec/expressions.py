@@ -30,8 +30,8 @@ TORCH_LINALG_FUNCTIONS = frozenset({"norm", "vector_norm", "matrix_norm", "qr", 
 # Functions reachable as `F.<name>` (torch.nn.functional).
 F_FUNCTIONS = frozenset(
     {
-        "conv1d", "conv2d", "conv3d", "embedding", "gelu", "linear", "normalize", "pad", "relu", "sigmoid",
-        "silu", "softmax", "tanh",
+        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "embedding",
+        "gelu", "linear", "normalize", "pad", "relu", "sigmoid", "silu", "softmax", "tanh",
     }
 )  # fmt: skip
 # Tensor methods and attributes, e.g. `A.T`, `W.reshape(...)`.
