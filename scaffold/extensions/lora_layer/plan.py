@@ -221,7 +221,7 @@ class _Planner:
         example = self.spec.example
         shape = ", ".join(str(s) for s in example.input_shape)
         if self.spec.input == "indices":
-            return f"torch.randint(0, {example.input_high}, ({shape},))"
+            return f"torch.randint(0, {example.input_high}, ({shape}{',' if len(example.input_shape) == 1 else ''}))"
         return f"torch.randn({shape})"
 
 
