@@ -81,10 +81,10 @@ def insertion_index(existing: Sequence[str], new: str, key: Callable[[str], Any]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# bracketed sequences: lists, tuples, `from x import (a, b)`
+# bracketed sequences: lists, tuples, dicts, `from x import (a, b)`
 
-Container = cst.List | cst.Tuple | cst.ImportFrom
-ContainerT = TypeVar("ContainerT", bound=cst.List | cst.Tuple | cst.ImportFrom)
+Container = cst.List | cst.Tuple | cst.Dict | cst.ImportFrom
+ContainerT = TypeVar("ContainerT", bound=cst.List | cst.Tuple | cst.Dict | cst.ImportFrom)
 
 
 def _items(node: Container) -> list[Any]:
@@ -99,6 +99,8 @@ def _outer_ws(node: Container) -> tuple[Any, Any]:
     """(whitespace after the opening bracket, whitespace before the closing one); None when there are none."""
     if isinstance(node, cst.List):
         return node.lbracket.whitespace_after, node.rbracket.whitespace_before
+    if isinstance(node, cst.Dict):
+        return node.lbrace.whitespace_after, node.rbrace.whitespace_before
     if isinstance(node, cst.Tuple):
         if not node.lpar:
             return None, None
@@ -114,6 +116,12 @@ def _rebuild(node: ContainerT, items: list[Any], open_ws: Any, close_ws: Any) ->
             elements=items,
             lbracket=node.lbracket.with_changes(whitespace_after=open_ws),
             rbracket=node.rbracket.with_changes(whitespace_before=close_ws),
+        )
+    if isinstance(node, cst.Dict):
+        return node.with_changes(  # type: ignore[return-value]
+            elements=items,
+            lbrace=node.lbrace.with_changes(whitespace_after=open_ws),
+            rbrace=node.rbrace.with_changes(whitespace_before=close_ws),
         )
     if isinstance(node, cst.Tuple):
         if not node.lpar:
