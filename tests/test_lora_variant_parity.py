@@ -1,0 +1,317 @@
+"""The reference DoRA spec (reference_methods/dora.yaml) generates `use_refdora`, which matches PEFT's own
+`use_dora=True` within 1e-5 (fp32): magnitude init, forward (eval, train, with dropout), gradients, merged weight
+(safe and unsafe), merged forward, unmerged weight, and two adapters merged in turn.
+
+Both variants live in one registered PEFT tree. This file is also the script run there (in a subprocess with
+`PYTHONPATH=TREE/src`, so the tree's peft is the only one imported); it builds tiny one-layer models, puts PEFT's DoRA
+on one copy and the generated variant on another with the same seed (so LoRA's A and B start equal), copies A, B and
+the magnitude across anyway, and reports max absolute differences per case as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DORA_SPEC = REPO_ROOT / "reference_methods" / "dora.yaml"
+JSON_MARKER = "VARIANT_PARITY_JSON: "
+TOLERANCE = 1e-5
+
+# Layer types of the tiny models; "Conv1D" is transformers' Conv1D (LoRA's Linear class with fan_in_fan_out).
+LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv2d")
+# quantities that must agree (max abs difference)
+DIFF_KEYS = (
+    "magnitude_init",  # the magnitude vector as initialised (same seed: same A and B)
+    "forward",  # eval forward
+    "forward_cached",  # a second eval forward under no_grad (the generated variant reuses its cached norm)
+    "forward_after_update",  # eval forward after changing lora_B in place (the cache must notice)
+    "train_forward",  # a train-mode loss (relative to max(1, |PEFT's|), as are the gradients)
+    "grad_lora_A",
+    "grad_lora_B",
+    "grad_magnitude",
+    "merged_weight",  # merge_adapter() (unsafe merge)
+    "merged_forward",
+    "unmerged_weight",
+    "restored_weight",  # the generated layer's base weight after unmerge vs the original
+    "safe_merged_weight",  # merge_and_unload(safe_merge=True)
+)
+LINEAR_ONLY_KEYS = (
+    "dropout_forward",  # train mode with lora_dropout=0.3, same RNG state
+    "two_adapters_merged_weight",  # two DoRA adapters merged in turn (the second sees the first unmerged)
+    "two_adapters_unmerged_weight",
+)
+# quantities that must be large: the adapter really does something
+EFFECT_KEYS = ("effect_forward", "effect_merged_weight", "effect_magnitude")
+R, ALPHA = 4, 8.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pytest side
+
+
+@pytest.fixture(scope="module")
+def dora_tree(tmp_path_factory: pytest.TempPathFactory, peft_sdist: Path) -> Path:
+    from scaffold import pipeline
+    from scaffold.peft_source import copy_peft_tree
+
+    tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("dora") / "peft")
+    generation = pipeline.generate_into_tree(DORA_SPEC, tree)
+    generation.changeset.apply()
+    return tree
+
+
+@pytest.fixture(scope="module")
+def parity_report(dora_tree: Path) -> dict[str, Any]:
+    return run_parity(dora_tree)
+
+
+def run_parity(tree: Path, timeout: float = 300) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(Path(tree).resolve() / "src")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    isolate = ["-P"] if sys.version_info >= (3, 11) else []
+    proc = subprocess.run(
+        [sys.executable, *isolate, str(Path(__file__).resolve()), str(Path(tree).resolve())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
+    if proc.returncode != 0 or len(lines) != 1:
+        raise RuntimeError(f"parity script failed (exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(lines[0][len(JSON_MARKER) :])
+
+
+def test_runs_against_the_tree(parity_report: dict[str, Any], dora_tree: Path) -> None:
+    assert Path(parity_report["peft_file"]).is_relative_to(dora_tree.resolve() / "src")
+
+
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_dora_parity(parity_report: dict[str, Any], layer_type: str) -> None:
+    assert layer_type not in parity_report["errors"], parity_report["errors"].get(layer_type)
+    case = parity_report["cases"][layer_type]
+    keys = DIFF_KEYS + (LINEAR_ONLY_KEYS if layer_type == "Linear" else ())
+    missing = [key for key in keys + EFFECT_KEYS if key not in case]
+    assert not missing, f"not measured: {missing}"
+    too_far = {key: case[key] for key in keys if not case[key] <= TOLERANCE}
+    assert not too_far, f"{layer_type}: differences above {TOLERANCE}: {too_far}"
+    # non-vacuous: the adapters changed the output, the merged weight and the magnitude (away from 1)
+    weak = {key: case[key] for key in EFFECT_KEYS if not case[key] > 1e-3}
+    assert not weak, f"{layer_type}: the adapter has no visible effect: {weak}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# script side (torch and the tree's peft are imported only here)
+
+
+def _make(layer_type: str) -> tuple[Any, Any, bool]:
+    import torch
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    if layer_type == "Linear":
+        return nn.Linear(10, 12), torch.randn(6, 10), False
+    if layer_type == "Conv1D":
+        layer = Conv1D(12, 10)
+        with torch.no_grad():
+            layer.weight.normal_()
+            layer.bias.normal_()
+        return layer, torch.randn(6, 10), True
+    if layer_type == "Embedding":
+        return nn.Embedding(20, 12), torch.randint(0, 20, (6, 7)), False
+    if layer_type == "Conv2d":
+        return nn.Conv2d(3, 6, (3, 2), stride=2, padding=1), torch.randn(6, 3, 9, 8), False
+    raise ValueError(layer_type)
+
+
+def _lora(layer: Any, adapter: str) -> tuple[Any, Any]:
+    if adapter in getattr(layer, "lora_embedding_A", {}):
+        return layer.lora_embedding_A[adapter], layer.lora_embedding_B[adapter]
+    return layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+
+
+def _peft_magnitude(layer: Any, adapter: str) -> Any:
+    return layer.lora_magnitude_vector[adapter].weight.reshape(-1)  # (out,), or (1, out, 1, 1) for convolutions
+
+
+def _run_case(layer_type: str) -> dict[str, float]:
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import LoraLayer
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, layer: nn.Module) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+    def diff(a: torch.Tensor, b: torch.Tensor) -> float:
+        if a.shape != b.shape:
+            raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+        return (a.detach().double() - b.detach().double()).abs().max().item()
+
+    def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+        """For gradients and losses, whose scale depends on the loss: relative to max(1, largest |b|)."""
+        return diff(a, b) / max(1.0, b.detach().double().abs().max().item())
+
+    def only(model: nn.Module) -> Any:
+        (found,) = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        return found
+
+    seed = 2000 + LAYER_TYPES.index(layer_type)
+    torch.manual_seed(seed)
+    layer, x, fan_in_fan_out = _make(layer_type)
+    base = Net(layer).eval()
+    base_weight = layer.weight.detach().clone()
+    with torch.no_grad():
+        base_out = base(x)
+
+    def pair(**extra: Any) -> tuple[Any, Any, Any, Any]:
+        common = {"target_modules": ["layer"], "r": R, "lora_alpha": ALPHA, "init_lora_weights": False, **extra}
+        if fan_in_fan_out:
+            common["fan_in_fan_out"] = True
+        torch.manual_seed(seed + 1)
+        peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(use_dora=True, **common))
+        torch.manual_seed(seed + 1)
+        gen_model = get_peft_model(copy.deepcopy(base), LoraConfig(use_refdora=True, **common))
+        return peft_model, gen_model, only(peft_model), only(gen_model)
+
+    out: dict[str, float] = {}
+    peft_model, gen_model, peft_layer, gen_layer = pair()
+    if (
+        type(gen_layer.lora_variant["default"]).__name__
+        != f"RefDora{'Linear' if layer_type == 'Conv1D' else layer_type}Variant"
+    ):
+        raise AssertionError(f"unexpected variant {gen_layer.lora_variant['default']!r}")
+    gen_magnitude = gen_layer.lora_refdora_magnitude["default"]
+    out["magnitude_init"] = diff(gen_magnitude, _peft_magnitude(peft_layer, "default"))
+    # copy anyway, so that the comparisons below hold whatever the initialisation
+    with torch.no_grad():
+        for src, dst in zip(_lora(peft_layer, "default"), _lora(gen_layer, "default")):
+            dst.copy_(src)
+        gen_magnitude.copy_(_peft_magnitude(peft_layer, "default"))
+        # a magnitude away from the norm: the output changes even where lora_B @ lora_A is small
+        _peft_magnitude(peft_layer, "default").mul_(1.5)
+        gen_magnitude.mul_(1.5)
+    out["effect_magnitude"] = diff(gen_magnitude, gen_magnitude / 1.5)
+
+    peft_model.eval()
+    gen_model.eval()
+    with torch.no_grad():
+        peft_out = peft_model(x)
+        out["forward"] = diff(gen_model(x), peft_out)
+        out["forward_cached"] = diff(gen_model(x), peft_out)
+        out["effect_forward"] = diff(peft_out, base_out)
+        for model in (peft_model, gen_model):
+            _lora(only(model), "default")[1].mul_(0.5)
+        out["forward_after_update"] = diff(gen_model(x), peft_model(x))
+
+    peft_model.train()
+    gen_model.train()
+    peft_loss = peft_model(x).pow(2).sum()
+    gen_loss = gen_model(x).pow(2).sum()
+    out["train_forward"] = rel_diff(gen_loss, peft_loss)
+    peft_loss.backward()
+    gen_loss.backward()
+    peft_A, peft_B = _lora(peft_layer, "default")
+    gen_A, gen_B = _lora(gen_layer, "default")
+    out["grad_lora_A"] = rel_diff(gen_A.grad, peft_A.grad)
+    out["grad_lora_B"] = rel_diff(gen_B.grad, peft_B.grad)
+    peft_magnitude_grad = peft_layer.lora_magnitude_vector["default"].weight.grad.reshape(-1)
+    out["grad_magnitude"] = rel_diff(gen_magnitude.grad, peft_magnitude_grad)
+    peft_model.eval()
+    gen_model.eval()
+
+    with torch.no_grad():
+        peft_model.merge_adapter()
+        gen_model.merge_adapter()
+        peft_w, gen_w = peft_layer.get_base_layer().weight, gen_layer.get_base_layer().weight
+        out["merged_weight"] = diff(gen_w, peft_w)
+        out["effect_merged_weight"] = diff(peft_w, base_weight)
+        out["merged_forward"] = diff(gen_model(x), peft_model(x))
+        peft_model.unmerge_adapter()
+        gen_model.unmerge_adapter()
+        out["unmerged_weight"] = diff(gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight)
+        out["restored_weight"] = diff(gen_layer.get_base_layer().weight, base_weight)
+        peft_unloaded = peft_model.merge_and_unload(safe_merge=True)
+        gen_unloaded = gen_model.merge_and_unload(safe_merge=True)
+        out["safe_merged_weight"] = diff(gen_unloaded.layer.weight, peft_unloaded.layer.weight)
+
+    if layer_type == "Linear":
+        peft_model, gen_model, peft_layer, gen_layer = pair(lora_dropout=0.3)
+        with torch.no_grad():
+            for src, dst in zip(_lora(peft_layer, "default"), _lora(gen_layer, "default")):
+                dst.copy_(src)
+            gen_layer.lora_refdora_magnitude["default"].copy_(_peft_magnitude(peft_layer, "default"))
+        peft_model.train()
+        gen_model.train()
+        torch.manual_seed(7)
+        peft_out = peft_model(x)
+        torch.manual_seed(7)
+        out["dropout_forward"] = diff(gen_model(x), peft_out)
+
+        # two adapters, merged one after the other
+        peft_model, gen_model, peft_layer, gen_layer = pair()
+        common = {"target_modules": ["layer"], "r": 2, "lora_alpha": 3.0, "init_lora_weights": False}
+        torch.manual_seed(seed + 2)
+        peft_model.add_adapter("other", LoraConfig(use_dora=True, **common))
+        torch.manual_seed(seed + 2)
+        gen_model.add_adapter("other", LoraConfig(use_refdora=True, **common))
+        with torch.no_grad():
+            for name in ("default", "other"):
+                for src, dst in zip(_lora(peft_layer, name), _lora(gen_layer, name)):
+                    dst.copy_(src)
+                gen_layer.lora_refdora_magnitude[name].copy_(_peft_magnitude(peft_layer, name) * 1.2)
+                _peft_magnitude(peft_layer, name).mul_(1.2)
+            peft_model.base_model.set_adapter(["default", "other"])
+            gen_model.base_model.set_adapter(["default", "other"])
+            peft_model.merge_adapter()
+            gen_model.merge_adapter()
+            out["two_adapters_merged_weight"] = diff(
+                gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight
+            )
+            peft_model.unmerge_adapter()
+            gen_model.unmerge_adapter()
+            out["two_adapters_unmerged_weight"] = diff(
+                gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight
+            )
+    return out
+
+
+def _script_main(tree: str) -> int:
+    import warnings
+
+    import peft
+
+    peft_file = Path(peft.__file__).resolve()
+    if Path(tree).resolve() / "src" not in peft_file.parents:
+        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
+    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
+    for layer_type in LAYER_TYPES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                report["cases"][layer_type] = _run_case(layer_type)
+        except Exception:
+            report["errors"][layer_type] = traceback.format_exc()
+    print(JSON_MARKER + json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_script_main(sys.argv[1]))
