@@ -678,3 +678,17 @@ def test_stock_peft_does_not_support_the_type_without_registration():
     for layer in (nn.ConvTranspose2d(2, 2, 3), nn.EmbeddingBag(5, 2)):
         with pytest.raises(ValueError, match="is not supported"):
             get_peft_model(nn.Sequential(layer), LoraConfig(target_modules=["0"]))
+
+
+def test_import_check_is_skipped_without_torch(monkeypatch):
+    # an environment without torch can still generate (the check says it did not verify the type)
+    from scaffold.extensions.lora_layer import base_type
+    from scaffold.spec import load_spec
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.delenv("PEFT_SCAFFOLD_SKIP_IMPORT_CHECK", raising=False)
+    monkeypatch.setattr(
+        base_type.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
+    check = base_type.check_base_type(load_spec(CONVT_SPEC), "spec.yaml")
+    assert not check.checked and "torch is not installed" in check.note
