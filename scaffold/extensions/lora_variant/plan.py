@@ -142,8 +142,9 @@ class WeightPlan:
     shape: list[str]  # code, in `init`
     init: Expression
     trainable: bool
-    container: str  # nn.ParameterDict / BufferDict(persistent=True)
-    names_tuple: str  # "adapter_layer_names" / "other_param_names"
+    container: str  # nn.ParameterDict: frozen weights are parameters too (with requires_grad=False), which PEFT's
+    # low_cpu_mem_usage loading handles (it creates them on the meta device and assigns the saved ones)
+    names_tuple: str  # "adapter_layer_names" (trained for the active adapters) / "other_param_names" (frozen)
 
 
 @dataclass
@@ -180,7 +181,6 @@ class VariantPlan:
     imports_functional: bool
     imports_transpose: bool
     imports_dequantize: bool
-    imports_buffer_dict: bool
     uses_constant_cache: bool
     replays_merged: bool  # PEFT >= 0.21: constants at merge time come from `module._unmerged_base_weight`
 
@@ -228,11 +228,12 @@ class _Planner:
         value_names = list(spec.values)
 
         self.values: dict[str, ValuePlan] = {}
-        for index, name in enumerate(value_names):
+        for name in value_names:
             value = spec.value(name)
-            names = COMMON_NAMES | set(weight_names) | set(value_names[:index])
+            names = COMMON_NAMES | set(weight_names) | (set(value_names) - {name})
             expr = self.parse(f"values.{name}", value.expr, names)
             self.values[name] = ValuePlan(name, expr, value.constant, f"get_{name}" if value.constant else "")
+        self.values = {name: self.values[name] for name in self.value_order()}
 
         self.weights: dict[str, WeightPlan] = {}
         for index, (name, weight) in enumerate(spec.weights.items()):
@@ -247,7 +248,7 @@ class _Planner:
                 shape=shape,
                 init=init,
                 trainable=weight.trainable,
-                container="nn.ParameterDict({})" if weight.trainable else "BufferDict({}, persistent=True)",
+                container="nn.ParameterDict({})",
                 names_tuple="adapter_layer_names" if weight.trainable else "other_param_names",
             )
 
@@ -293,7 +294,6 @@ class _Planner:
             imports_functional=self.functional,
             imports_transpose=self.transpose,
             imports_dequantize=self.dequantize,
-            imports_buffer_dict=any(not w.trainable for w in self.weights.values()),
             uses_constant_cache=self.constant_cache,
             replays_merged=self.replays_merged,
         )
@@ -306,6 +306,28 @@ class _Planner:
                              "r": "module.r[adapter_name]"}, {})  # fmt: skip
 
     # -- dependencies -----------------------------------------------------------------------------------------
+    def value_order(self) -> list[str]:
+        """The values in an order where each comes after those it reads (the spec's order where it can);
+        a cycle is an error."""
+        order: list[str] = []
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name in visiting:
+                cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+                raise self.fail(f"values.{name}", f"values read each other in a cycle ({cycle})")
+            visiting.append(name)
+            for dep in sorted(self.values[name].expr.names & set(self.values)):
+                visit(dep)
+            visiting.pop()
+            order.append(name)
+
+        for name in self.values:
+            visit(name)
+        return order
+
     def value_closure(self, names: Iterable[str]) -> list[str]:
         """The values `names` need (directly or through other values), in spec order."""
         needed: set[str] = set()
@@ -495,8 +517,8 @@ class _Planner:
             init = render(weight.init, {}, {})
             lines.append(f"    {weight.name} = torch.as_tensor({init}).to({lora_a}).expand({shape}).clone()")
         for weight in self.weights.values():
-            value = f"nn.Parameter({weight.name})" if weight.trainable else weight.name
-            lines.append(f"module.{weight.attr}[{a}] = {value}")
+            frozen = "" if weight.trainable else ", requires_grad=False"
+            lines.append(f"module.{weight.attr}[{a}] = nn.Parameter({weight.name}{frozen})")
         return lines
 
     def forward_lines(self, view: LayerView, class_name: str, expr: Expression) -> list[str]:

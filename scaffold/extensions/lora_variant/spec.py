@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scaffold.spec.model import FieldError, check_text
 
 
 # PEFT's LoRA layer classes a variant can be registered for (each has a `lora_variants` mapping in PEFT >= 0.20).
-VariantLayer = Literal["Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
 SUPPORTED_LAYERS: tuple[str, ...] = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d")
 # LoRA layer classes PEFT has but a variant cannot be registered for (no `lora_variants` of their own).
 UNSUPPORTED_LAYERS = {
@@ -48,6 +47,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_layer(layer: str) -> str:
+    if layer in UNSUPPORTED_LAYERS:
+        raise ValueError(f"{layer!r} is not supported: {UNSUPPORTED_LAYERS[layer]}")
+    if layer not in SUPPORTED_LAYERS:
+        raise ValueError(f"unknown LoRA layer class {layer!r} (supported: {', '.join(SUPPORTED_LAYERS)})")
+    return layer
+
+
+LayerName = Annotated[str, AfterValidator(_check_layer)]
+
+
 class VariantWeight(_Strict):
     """An extra tensor per adapter and layer (e.g. DoRA's magnitude vector), stored as `lora_<name>_<weight>`."""
 
@@ -60,7 +70,9 @@ class VariantWeight(_Strict):
         description="tensor expression for its initial value (broadcast to `shape`), over weight, lora_A, lora_B, "
         "delta_weight, scaling, dims, earlier weights and values that read no extra weight"
     )
-    trainable: bool = Field(default=True, description="False: a frozen buffer (still saved with the adapter)")
+    trainable: bool = Field(
+        default=True, description="False: frozen (requires_grad=False), still saved with the adapter"
+    )
 
     @field_validator("shape")
     @classmethod
@@ -92,7 +104,7 @@ class LoraVariantSpec(_Strict):
     paper: str | None = None
     summary: str = ""
     help: str | None = Field(default=None, description="help text of the `use_<name>` config field")
-    layers: list[str] = Field(default_factory=lambda: ["Linear"], min_length=1)
+    layers: list[LayerName] = Field(default_factory=lambda: ["Linear"], min_length=1)
     weights: dict[str, VariantWeight] = Field(default_factory=dict)
     values: dict[str, str | VariantValue] = Field(default_factory=dict)
     forward: str | dict[str, str] = Field(
@@ -143,15 +155,7 @@ class LoraVariantSpec(_Strict):
 
     @field_validator("layers")
     @classmethod
-    def _check_layers(cls, value: list[str]) -> list[str]:
-        for index, layer in enumerate(value):
-            if layer in UNSUPPORTED_LAYERS:
-                raise FieldError(f"[{index}]", f"{layer!r} is not supported: {UNSUPPORTED_LAYERS[layer]}")
-            if layer not in SUPPORTED_LAYERS:
-                raise FieldError(
-                    f"[{index}]",
-                    f"unknown LoRA layer class {layer!r} (supported: {', '.join(SUPPORTED_LAYERS)})",
-                )
+    def _unique_layers(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("layer classes are listed more than once")
         return value
