@@ -108,6 +108,9 @@ def test_dora_parity(parity_report: dict[str, Any], layer_type: str) -> None:
     # non-vacuous: the adapters changed the output, the merged weight and the magnitude (away from 1)
     weak = {key: case[key] for key in EFFECT_KEYS if not case[key] > 1e-3}
     assert not weak, f"{layer_type}: the adapter has no visible effect: {weak}"
+    if layer_type == "Linear":
+        # cached while no gradient is needed (3 forwards, 1 computation), computed every time in training (3 for 3)
+        assert case["norm_computations_eval"] == 1 and case["norm_computations_train"] == 3, case
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,6 +237,36 @@ def _run_case(layer_type: str) -> dict[str, float]:
     out["grad_lora_B"] = rel_diff(gen_B.grad, peft_B.grad)
     peft_magnitude_grad = peft_layer.lora_magnitude_vector["default"].weight.grad.reshape(-1)
     out["grad_magnitude"] = rel_diff(gen_magnitude.grad, peft_magnitude_grad)
+    if layer_type == "Linear":
+        # the weight norm is computed once for several forwards while no gradient is needed, every time otherwise
+        variant_cls = type(gen_layer.lora_variant["default"])
+        original = variant_cls.get_weight_norm
+        calls = []
+
+        def counting(*args: Any) -> Any:
+            calls.append(1)
+            return original(*args)
+
+        variant_cls.get_weight_norm = staticmethod(counting)
+        try:
+            gen_model.eval()
+            with torch.no_grad():
+                gen_B.mul_(1.0)  # an in-place change (its version counter moves): the cached norm is stale
+                for _ in range(3):
+                    gen_model(x)
+            out["norm_computations_eval"] = float(len(calls))
+            calls.clear()
+            gen_model.train()
+            for step in range(3):
+                if step < 2:
+                    with torch.no_grad():
+                        gen_B.add_(0.0)  # as an optimizer step would: a new norm is needed
+                gen_model(x).sum().backward()
+            # the third forward sees unchanged weights, but what training computes is not kept: computed again
+            out["norm_computations_train"] = float(len(calls))
+        finally:
+            variant_cls.get_weight_norm = staticmethod(original)
+
     peft_model.eval()
     gen_model.eval()
 

@@ -282,7 +282,10 @@ def summary_of(plan: VariantPlan) -> dict[str, Any]:
         "kind": "lora_variant",
         "config_field": f"LoraConfig.{plan.switch}",
         "variant_classes": plan.mapping_entries,
-        "weights": {w.name: {"attr": w.attr, "shape": w.shape, "trainable": w.trainable} for w in plan.weights},
+        "weights": {
+            name: {"attr": f"lora_{plan.name}_{name}", "shape": weight.shape, "trainable": weight.trainable}
+            for name, weight in plan.spec.weights.items()
+        },
         "values": {v.name: "constant" if v.constant else "computed" for v in plan.values},
         "merge": plan.spec.merge is not None,
         "files": [module_path(plan.name)],
