@@ -68,7 +68,40 @@ merge: "weight + update"
 unmerge: "weight - update"
 """
 # ... and without merge: the variant refuses to merge
-DIAG_NO_MERGE = "\n".join(line for line in DIAG.splitlines() if not line.startswith(("merge", "unmerge"))) + "\n"
+DIAG_NO_MERGE = (
+    "\n".join(line for line in DIAG.splitlines() if not line.startswith(("merge", "unmerge"))).replace(
+        "name: diaglora", "name: diagnomerge"
+    )
+    + "\n"
+)
+
+
+# Odd corners for the code generator: torch.nn.functional in an expression, math in a shape, a per-layer forward, a
+# constant value computed from another constant.
+ODD = """\
+kind: lora_variant
+name: oddvar
+layers: [Linear, Embedding, Conv1d, Conv3d]
+weights:
+  halves: {shape: ["max(1, ceil(r / 2))"], init: 0.5}
+values:
+  norm: {expr: "torch.linalg.norm(weight, dim=1)", constant: true}
+  norm2: {expr: "norm * norm + 1", constant: true}
+forward:
+  Linear: "result + F.silu(layer_op(dropout(x), delta_weight)) / per_output(norm2)"
+  Embedding: "layer_op(x, delta_weight)"
+  Conv1d: "result + per_output(norm2.sqrt()) * lora_B(lora_A(dropout(x))) * halves.sum()"
+  Conv3d: "result + lora_B(lora_A(dropout(x))) * scaling"
+merge: "weight + delta_weight * halves.mean()"
+unmerge: "weight - delta_weight * halves.mean()"
+"""
+ALL_SPECS = {
+    "dora": DORA_SPEC.read_text(encoding="utf-8"),
+    "rowscale": ROWSCALE,
+    "diag": DIAG,
+    "diag-no-merge": DIAG_NO_MERGE,
+    "odd": ODD,
+}
 
 
 def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -106,9 +139,7 @@ def test_check_summarises_without_writing(tmp_path: Path) -> None:
 # the generated module
 
 
-@pytest.mark.parametrize(
-    "text", [DORA_SPEC.read_text(encoding="utf-8"), ROWSCALE, DIAG], ids=["dora", "rowscale", "diag"]
-)
+@pytest.mark.parametrize("text", list(ALL_SPECS.values()), ids=list(ALL_SPECS))
 def test_generated_module_parses_and_has_one_class_per_layer(text: str, tmp_path: Path) -> None:
     spec_path = _write(tmp_path, text)
     result = runner.invoke(app, ["new", str(spec_path), "--out", str(tmp_path / "out")])
@@ -125,6 +156,17 @@ def test_generated_module_parses_and_has_one_class_per_layer(text: str, tmp_path
     if spec.merge is None:
         assert 'raise RuntimeError("DiagLoRA adapters cannot be merged.")' in module
     assert "eval(" not in module and "exec(" not in module
+
+
+def test_every_generated_module_passes_ruff_and_mypy(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name, text in ALL_SPECS.items():
+        result = runner.invoke(app, ["new", str(_write(tmp_path, text, f"{name}.yaml")), "--out", str(out / name)])
+        assert result.exit_code == 0, result.output
+    modules = sorted(str(p.relative_to(out)) for p in out.rglob("*.py"))
+    assert len(modules) == len(ALL_SPECS)
+    report = lint_generated(out, modules)
+    assert report.ok, (report.findings, report.ruff_check, report.mypy)
 
 
 def test_second_variant_code_is_not_dora_code(tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ class VariantPlan:
     values: list[ValuePlan]
     classes: list[VariantClassPlan]
     help: str
+    imports_math: bool
     imports_functional: bool
     imports_transpose: bool
     imports_dequantize: bool
@@ -203,10 +204,6 @@ class _Planner:
         self.spec = spec
         self.source = source
         self.replays_merged = replays_merged
-        self.functional = False
-        self.transpose = False
-        self.dequantize = False
-        self.constant_cache = False
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -280,6 +277,12 @@ class _Planner:
                     )
 
         classes = [self.variant_class(layer) for layer in spec.layers]
+        code = "\n".join(
+            line
+            for c in classes
+            for lines in (c.init, c.forward, c.merge or [], c.unmerge or [], *[g[2] for g in c.getters])
+            for line in lines
+        )
         return VariantPlan(
             spec=spec,
             name=spec.name,
@@ -291,10 +294,11 @@ class _Planner:
             values=list(self.values.values()),
             classes=classes,
             help=spec.help or spec.summary or f"Enable the {spec.title or spec.class_name} LoRA variant.",
-            imports_functional=self.functional,
-            imports_transpose=self.transpose,
-            imports_dequantize=self.dequantize,
-            uses_constant_cache=self.constant_cache,
+            imports_math=re.search(r"\bmath\.", code) is not None,
+            imports_functional=re.search(r"\bF\.", code) is not None,
+            imports_transpose=re.search(r"\btranspose\(", code) is not None,
+            imports_dequantize="dequantize_module_weight(" in code,
+            uses_constant_cache="_constant(" in code,
             replays_merged=self.replays_merged,
         )
 
@@ -302,8 +306,13 @@ class _Planner:
         if isinstance(entry, int):
             return str(entry)
         expr = self.parse(where, entry, SHAPE_NAMES, tensor=False)
-        return render(expr, {"in_features": "module.in_features", "out_features": "module.out_features",
-                             "r": "module.r[adapter_name]"}, {})  # fmt: skip
+        names = {
+            "in_features": "module.in_features",
+            "out_features": "module.out_features",
+            "r": "module.r[adapter_name]",
+        }
+        calls = {name: f"math.{name}(ARG0)" for name in ("sqrt", "log", "exp", "ceil", "floor")}
+        return render(expr, {**names, "pi": "math.pi", "e": "math.e"}, calls)
 
     # -- dependencies -----------------------------------------------------------------------------------------
     def value_order(self) -> list[str]:
@@ -398,7 +407,7 @@ class _Planner:
             if name in names:
                 lines.append(f"{name} = module.{weight.attr}[{a}]")
         if "weight" in names and weight_code is not None:
-            lines.append(f"weight = {self.note_code(weight_code)}")
+            lines.append(f"weight = {weight_code}")
         if "delta_weight" in names:
             lines.append("delta_weight = lora_B @ lora_A * scaling")
         return lines
@@ -419,16 +428,9 @@ class _Planner:
                 lines.extend(self.cached_constant(view, class_name, a, plan))
         return lines
 
-    def note_code(self, code: str) -> str:
-        """Record the imports `code` needs; return it."""
-        self.dequantize = self.dequantize or "dequantize_module_weight(" in code
-        self.transpose = self.transpose or "transpose(" in code
-        self.functional = self.functional or "F." in code
-        return code
-
     def canonical_weight(self, view: LayerView, a: str) -> str:
         """The canonical base weight in the adapter's dtype (what `forward` computes with)."""
-        return self.note_code(f"{view.weight}.to({view.lora_A_param.format(a=a)}.dtype)")
+        return f"{view.weight}.to({view.lora_A_param.format(a=a)}.dtype)"
 
     def variant_class(self, layer: str) -> VariantClassPlan:
         view = _VIEWS[layer]
@@ -458,7 +460,6 @@ class _Planner:
         )
 
     def cached_constant(self, view: LayerView, class_name: str, a: str, value: ValuePlan) -> list[str]:
-        self.constant_cache = True
         reads = self.closure_names(value.expr.names)
         stamp = []
         if "weight" in reads:
@@ -536,8 +537,6 @@ class _Planner:
             "dropout": "dropout(ARG0)" if view.has_dropout else "ARG0",
         }
         dropped = None
-        if expr.uses("layer_op"):
-            self.note_code(view.layer_op)
         if "base" in expr.names:
             if view.base_reuse is None:  # no dropout on this layer: the base output is `result`
                 lines.append("base = result")
@@ -552,7 +551,7 @@ class _Planner:
                     f"    base = {view.base_reuse}",
                     "else:",
                     "    dropped = dropout(x)",
-                    f"    base = {self.note_code(_substitute(view.layer_op, ['dropped', weight]))}",
+                    f"    base = {_substitute(view.layer_op, ['dropped', weight])}",
                 ]
                 dropped = "dropped"  # `dropout(x)` is `dropped` from here on
         elif expr.uses("dropout") and view.has_dropout:
@@ -577,7 +576,7 @@ class _Planner:
             lines += [
                 "    # computed from the base weight as `forward` sees it: without the adapters merged into it",
                 "    with module._unmerged_base_weight(safe_merge=safe_merge) as base_weight:",
-                f"        weight = {self.note_code(_substitute(view.from_layout, ['base_weight']))}",
+                f"        weight = {_substitute(view.from_layout, ['base_weight'])}",
             ]
             lines += ["        " + line for line in values]
             lines += [
@@ -585,10 +584,9 @@ class _Planner:
                 "        # `orig_weight` was copied before the merged adapters were replayed: go on from the replayed weight",
                 "        orig_weight = dequantize_module_weight(base_layer)",
             ]
-            self.dequantize = True
         elif reads_base:
             base = "dequantize_module_weight(base_layer)"
-            lines.append(f"    weight = {self.note_code(_substitute(view.from_layout, [base]))}")
+            lines.append(f"    weight = {_substitute(view.from_layout, [base])}")
             lines += ["    " + line for line in values]
         else:
             lines += ["    " + line for line in values]
@@ -598,9 +596,9 @@ class _Planner:
                 f'    module._cache_store(f"{{{a}}}-{self.spec.name}-{value}-merged", {value})',
             ]
         lines += [
-            f"    weight = {self.note_code(_substitute(view.from_layout, ['orig_weight']))}",
+            f"    weight = {_substitute(view.from_layout, ['orig_weight'])}",
             f"    new_weight = {render(self.merge, {}, {})}",
-            f"return {self.note_code(_substitute(view.to_layout, ['new_weight']))}.to(orig_weight.dtype)",
+            f"return {_substitute(view.to_layout, ['new_weight'])}.to(orig_weight.dtype)",
         ]
         return lines
 
@@ -613,9 +611,9 @@ class _Planner:
         body = self.bind_direct(view, a, direct, None) + self.bind_values(view, class_name, a, values, "merged")
         lines += ["    " + line for line in body]
         lines += [
-            f"    weight = {self.note_code(_substitute(view.from_layout, ['orig_weight']))}",
+            f"    weight = {_substitute(view.from_layout, ['orig_weight'])}",
             f"    new_weight = {render(self.unmerge, {}, {})}",
-            f"return {self.note_code(_substitute(view.to_layout, ['new_weight']))}.to(orig_weight.dtype)",
+            f"return {_substitute(view.to_layout, ['new_weight'])}.to(orig_weight.dtype)",
         ]
         return lines
 
