@@ -373,6 +373,14 @@ def test_name_taken_in_the_tree_is_refused(peft_tree: Path, tmp_path: Path) -> N
     assert snapshot_tree(peft_tree) == before
 
 
+def test_test_row_taken_by_peft_is_refused(peft_tree: Path, tmp_path: Path) -> None:
+    # PEFT's own "Conv1d LoRA with DoRA" row: adding ours would be skipped, and removing it would take PEFT's
+    before = snapshot_tree(peft_tree)
+    same_title = _write(tmp_path, yaml.safe_dump(sort_keys=False, data={**DORA, "name": "mydora", "title": "DoRA"}))
+    _assert_refused(_new(same_title, peft_tree), "tests/test_custom_models.py", "'Conv1d LoRA with DoRA'")
+    assert snapshot_tree(peft_tree) == before
+
+
 def test_unsupported_layer_class_in_tree_is_refused(peft_tree: Path) -> None:
     layer = peft_tree / "src/peft/tuners/lora/layer.py"
     text = layer.read_text(encoding="utf-8")

@@ -311,6 +311,15 @@ def generate_into_tree(spec: LoraVariantSpec, spec_path: Path, peft_root: Path, 
 
     notes: list[str] = []
     old = read_manifest(changeset, spec.name)
+    tests = changeset.read(sites.TEST_CUSTOM_MODELS)
+    if tests is not None and facts.has_tests:
+        ours = set(old.registration.test_descriptions) if old is not None else set()
+        taken = (set(sites.test_case_descriptions(tests)) - ours) & set(reg.test_descriptions)
+        if taken:
+            raise ScaffoldError(
+                sites.TEST_CUSTOM_MODELS,
+                f"TEST_CASES already has a row {sorted(taken)[0]!r}; give the variant another `title`",
+            )
     if old is not None:
         edited = edited_files(changeset, old)
         if edited and not force:
