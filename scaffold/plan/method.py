@@ -462,10 +462,12 @@ class _Planner:
         calls = {"layer_op": "self._layer_op"}
         if forward is None:
             # Default forward: by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)
-            if self.spec.dropout:
+            # dropout on an embedding's integer indices makes no sense (PEFT's LoRA skips it there too)
+            use_dropout = bool(self.spec.dropout) and family.kind != "embedding"
+            if use_dropout:
                 lines.append(f"dropout = self.{self.prefix}dropout[adapter_name]")
             lines.append("delta_weight = self._canonical_delta(adapter_name)")
-            x_in = "dropout(x)" if self.spec.dropout and family.kind != "embedding" else "x"
+            x_in = "dropout(x)" if use_dropout else "x"
             lines.append(f"return result + self._layer_op({x_in}, delta_weight).to(result.dtype)")
             return LayerClassPlan(family, self.torch_classes(family), self.base_types(family), lines, True)
         names = set(forward.names)

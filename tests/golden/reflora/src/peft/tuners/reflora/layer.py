@@ -352,7 +352,6 @@ class Embedding(nn.Module, RefLoraLayer):
         )
 
     def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        dropout = self.reflora_dropout[adapter_name]
         delta_weight = self._canonical_delta(adapter_name)
         return result + self._layer_op(x, delta_weight).to(result.dtype)
 
