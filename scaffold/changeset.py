@@ -47,6 +47,14 @@ def read_text(path: Path) -> str:
         return fh.read()
 
 
+def read_view(root: Path | ChangeSet, relpath: str) -> str | None:
+    """A file's text as a change set would see it (pending edits included), or as it is on disk under `root`."""
+    if isinstance(root, ChangeSet):
+        return root.read(relpath)
+    path = Path(root) / relpath
+    return read_text(path) if path.is_file() else None
+
+
 def _write_temp(directory: Path, name: str, content: str) -> Path:
     """Write `content` to a new temporary file in `directory` (same filesystem as the target, for rename)."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".peft-scaffold-tmp")

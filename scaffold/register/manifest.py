@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet, read_text
+from scaffold.changeset import ChangeSet, read_text, read_view
 from scaffold.errors import ScaffoldError
 from scaffold.register.method import MethodRegistration
 from scaffold.register.tree import PeftTree
@@ -92,11 +92,7 @@ def write_manifest(
 def read_manifest(root: Path | ChangeSet, name: str) -> Manifest | None:
     """The manifest of method `name` (from disk, or the pending view of a change set); None if there is none."""
     rel = manifest_path(name)
-    if isinstance(root, ChangeSet):
-        text = root.read(rel)
-    else:
-        path = Path(root) / rel
-        text = path.read_text(encoding="utf-8") if path.is_file() else None
+    text = read_view(root, rel)
     if text is None:
         return None
     try:

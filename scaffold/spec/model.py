@@ -77,6 +77,18 @@ def check_text(value: str, *, one_line: bool = False, literal: bool = False) -> 
     return value
 
 
+def check_names(names: dict[str, Any], reserved: frozenset[str] = RESERVED_NAMES) -> None:
+    """Keys a spec defines (hyperparameters, weights, values...) become Python names in the generated code;
+    `reserved` are the names that code uses itself."""
+    for key in names:
+        if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
+            raise FieldError(str(key), f"{key!r} is not a valid identifier")
+        if key in ("l", "O", "I"):
+            raise FieldError(key, f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
+        if key in reserved:
+            raise FieldError(key, f"{key!r} is reserved by the generated code")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -288,13 +300,8 @@ class MethodSpec(_Strict):
     @field_validator("hyperparameters", "derived", "weights")
     @classmethod
     def _check_identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_names(value)
         for key in value:
-            if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
-                raise FieldError(str(key), f"{key!r} is not a valid identifier")
-            if key in ("l", "O", "I"):
-                raise FieldError(key, f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
-            if key in RESERVED_NAMES:
-                raise FieldError(key, f"{key!r} is reserved by the generated code")
             if key in CONFIG_FIELDS:
                 raise FieldError(key, f"{key!r} is a field every generated config already has")
         return value

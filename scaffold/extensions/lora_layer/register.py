@@ -31,7 +31,7 @@ import libcst.matchers as m
 from libcst.codemod import Codemod, CodemodContext
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet
+from scaffold.changeset import ChangeSet, read_view
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register.manifest import sha256_text
@@ -364,11 +364,7 @@ def write_manifest(changeset: ChangeSet, reg: LayerRegistration, files: list[str
 
 def read_manifest(root: Path | ChangeSet, name: str) -> LayerManifest | None:
     rel = manifest_path(name)
-    if isinstance(root, ChangeSet):
-        text = root.read(rel)
-    else:
-        path = Path(root) / rel
-        text = path.read_text(encoding="utf-8") if path.is_file() else None
+    text = read_view(root, rel)
     if text is None:
         return None
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet, read_text
+from scaffold.changeset import ChangeSet, read_view
 from scaffold.errors import ScaffoldError
 from scaffold.extensions.lora_variant import sites
 from scaffold.extensions.lora_variant.plan import VariantPlan, build_plan
@@ -165,11 +165,7 @@ def sha256_text(text: str) -> str:
 
 def read_manifest(root: Path | ChangeSet, name: str) -> VariantManifest | None:
     rel = manifest_path(name)
-    if isinstance(root, ChangeSet):
-        text = root.read(rel)
-    else:
-        path = Path(root) / rel
-        text = read_text(path) if path.is_file() else None
+    text = read_view(root, rel)
     if text is None:
         return None
     try:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scaffold.spec.model import FieldError, check_text
+from scaffold.spec.model import FieldError, check_names, check_text
 
 
 # PEFT's LoRA layer classes a variant can be registered for (each has a `lora_variants` mapping in PEFT >= 0.20).
@@ -163,13 +163,7 @@ class LoraVariantSpec(_Strict):
     @field_validator("weights", "values")
     @classmethod
     def _check_identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if not isinstance(key, str) or not _IDENTIFIER.match(key) or keyword.iskeyword(key):
-                raise FieldError(str(key), f"{key!r} is not a valid identifier")
-            if key in ("l", "O", "I"):
-                raise FieldError(key, f"{key!r} is an ambiguous name (ruff E741); choose a longer one")
-            if key in RESERVED_NAMES:
-                raise FieldError(key, f"{key!r} is reserved by the generated code")
+        check_names(value, reserved=RESERVED_NAMES)
         return value
 
     @field_validator("peft_test_kwargs")
