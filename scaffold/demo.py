@@ -22,7 +22,7 @@ DEMO_SPEC = "lora"
 def prepare_tree(directory: Path, console: Console) -> Path:
     from scaffold.peft_source import DEFAULT_PEFT_VERSION, copy_peft_tree, ensure_peft_sdist
 
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     if directory.exists():
         if not (directory / DEMO_MARKER).exists():
             if directory.is_dir() and not any(directory.iterdir()):

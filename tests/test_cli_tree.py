@@ -71,3 +71,15 @@ def test_unrecognised_tree_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "error:" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_pytest_uses_the_trees_peft_for_a_relative_tree_path(peft_tree, monkeypatch):
+    """`demo` defaults to a relative directory: the tree's src/ must still shadow the installed peft."""
+    from scaffold.verify import run_pytest
+
+    (peft_tree / "tests" / "test_which_peft.py").write_text(
+        "import peft\n\ndef test_which():\n    assert peft.__file__.startswith(%r)\n" % str(peft_tree / "src")
+    )
+    monkeypatch.chdir(peft_tree.parent)
+    counts = run_pytest(Path(peft_tree.name), ["tests/test_which_peft.py"], workers=1)
+    assert counts.passed == 1 and counts.failed == 0, counts.output_tail

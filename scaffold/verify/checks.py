@@ -57,6 +57,8 @@ class LintReport:
 
 
 def tree_env(tree: Path) -> dict[str, str]:
+    # absolute: the subprocesses run with the tree as their working directory
+    tree = Path(tree).resolve()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), str(tree)])
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +68,7 @@ def tree_env(tree: Path) -> dict[str, str]:
 
 def run_pytest(tree: Path, args: list[str], *, workers: int = 2, timeout: float = 1800) -> TestCounts:
     """Run pytest inside a PEFT tree (PYTHONPATH=src:.) and count results from its JUnit XML."""
-    tree = Path(tree)
+    tree = Path(tree).resolve()
     (tree / "tests" / "__init__.py").touch()  # PEFT's tests import each other as `tests.*`
     with tempfile.TemporaryDirectory(prefix="peft-scaffold-pytest-") as tmp:
         junit = Path(tmp) / "junit.xml"
@@ -115,7 +117,7 @@ def lint_generated(
             mypy_config = Path(tmp) / "mypy.ini"
             mypy_config.write_text(MYPY_CONFIG)
             env = tree_env(tree)
-            env["MYPYPATH"] = str(Path(tree) / "src")
+            env["MYPYPATH"] = str(Path(tree).resolve() / "src")
             proc = subprocess.run(
                 [
                     sys.executable,
