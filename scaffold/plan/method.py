@@ -7,7 +7,7 @@ here, raising `ScaffoldError` with the spec field it concerns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scaffold.errors import ScaffoldError
@@ -36,7 +36,6 @@ class HyperparameterPlan:
     name: str
     annotation: str
     default: str  # python source of the default
-    uses_default_factory: bool
     help: str
     checks: list[tuple[str, str]]  # (condition that is an error, message) rendered in __post_init__
     spec: Hyperparameter
@@ -98,7 +97,6 @@ class MethodPlan:
     imports_math: bool = False
     imports_functional: bool = False
     uses_buffers: bool = False
-    test_layers: list[str] = field(default_factory=list)
 
     @property
     def adapter_layer_names(self) -> list[str]:
@@ -239,7 +237,6 @@ class _Planner:
             imports_math=self.imports_math,
             imports_functional=self.imports_functional or any(lc.uses_layer_op for lc in layer_classes),
             uses_buffers=any(not w.trainable for w in weights),
-            test_layers=list(spec.layers),
         )
 
     def check_dropout(self) -> None:
@@ -279,7 +276,7 @@ class _Planner:
                     f"`{name}` must be one of {hp.choices}, got {{self.{name}!r}}",
                 )
             )
-        return HyperparameterPlan(name, annotation, default, False, hp.help or name.replace("_", " "), checks, hp)
+        return HyperparameterPlan(name, annotation, default, hp.help or name.replace("_", " "), checks, hp)
 
     def derived(self) -> dict[str, Expression]:
         exprs = {}
@@ -414,7 +411,7 @@ class _Planner:
             self.imports_math = True
         return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
 
-    def bind_lines(self, expr_names: set[str], compute_dtype: bool = True) -> list[str]:
+    def bind_lines(self, expr_names: set[str]) -> list[str]:
         lines = []
         for name in self.spec.weights:
             if name in expr_names:
