@@ -14,7 +14,6 @@ sites and which items of PEFT's contributor checklist they cover, `doctor` for c
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -23,6 +22,7 @@ from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register.doctor import DoctorRow, discover_methods, doctor
+from scaffold.register.locate import Assignment
 from scaffold.register.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -33,7 +33,7 @@ from scaffold.register.manifest import (
 )
 from scaffold.register.method import DiscoveredMethod, MethodRegistration
 from scaffold.register.sites import MINIMAL_SITES, SITES, Site, peft_type_members
-from scaffold.register.transforms import dunder_all_names
+from scaffold.register.transforms import dunder_all_names, parse_statement_of
 from scaffold.register.tree import SUPPORTED_SERIES, PeftTree, detect_peft_tree
 
 
@@ -90,48 +90,13 @@ def plan_registration(
             results.append(SiteResult(site.name, rel, "skipped", reason))
             continue
         before = changeset.read(rel)
-        head, tail = split_head(before, site.head_names)
-        after = site.apply(head, reg)
-        if after is not None:
-            after += tail
+        after = site.apply(before, reg)
         if after == before:
             results.append(SiteResult(site.name, rel, "already registered"))
             continue
         _stage(changeset, rel, after)
         results.append(SiteResult(site.name, rel, "changed"))
     return results
-
-
-def split_head(source: str | None, names: tuple[str, ...]) -> tuple[str | None, str]:
-    """Split `source` after the last top-level statement assigning one of `names`.
-
-    Sites that only touch imports and a few module-level lists of a very large file (tests/test_custom_models.py:
-    8000+ lines, a second per libcst parse and another per code generation) edit just this head; the tail is
-    kept verbatim. `ast` finds the boundary in a tenth of the time. Without such a statement, nothing is split
-    (the site then reports the missing list itself).
-    """
-    if source is None or not names:
-        return source, ""
-    try:
-        module = ast.parse(source)
-    except SyntaxError:
-        return source, ""  # the site's own parse reports it, naming the file
-    ends = [
-        node.end_lineno
-        for node in module.body
-        if isinstance(node, (ast.Assign, ast.AnnAssign))
-        and any(isinstance(t, ast.Name) and t.id in names for t in _assign_targets(node))
-        and node.end_lineno is not None
-    ]
-    if not ends:
-        return source, ""
-    lines = source.splitlines(keepends=True)
-    cut = max(ends)
-    return "".join(lines[:cut]), "".join(lines[cut:])
-
-
-def _assign_targets(node: ast.Assign | ast.AnnAssign) -> list[ast.expr]:
-    return list(node.targets) if isinstance(node, ast.Assign) else [node.target]
 
 
 def plan_unregistration(
@@ -234,12 +199,13 @@ def check_collision(
     if owner is not None:
         raise ScaffoldError(package, f"the parameter prefix {reg.prefix!r} is already used by {owner!r}")
     for rel in ("src/peft/tuners/__init__.py", "src/peft/__init__.py"):
-        module = _cst.parse((tree.root / rel).read_text(encoding="utf-8"), rel)
+        module = parse_statement_of((tree.root / rel).read_text(encoding="utf-8"), rel, Assignment("__all__"))
         taken = set(dunder_all_names(module)).intersection(reg.exported)
         if taken:
             raise ScaffoldError(rel, f"already exports {sorted(taken)[0]!r}")
     constants_rel = "src/peft/utils/constants.py"
-    body = _cst.parse((tree.root / constants_rel).read_text(encoding="utf-8"), constants_rel).body
+    constants = (tree.root / constants_rel).read_text(encoding="utf-8")
+    body = parse_statement_of(constants, constants_rel, Assignment(reg.constant_name)).body
     if _cst.find_assignment(body, reg.constant_name) is not None:
         raise ScaffoldError(constants_rel, f"{reg.constant_name} is already defined")
     page = f"docs/source/package_reference/{reg.name}.md"

@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import libcst as cst
-import libcst.matchers as m
 
 from scaffold.errors import ScaffoldError
 
@@ -347,10 +346,16 @@ def import_names(node: cst.ImportFrom) -> list[str]:
 def find_import_from(body: Sequence[cst.CSTNode], level: int, module: str) -> tuple[int, cst.ImportFrom] | None:
     """The first top-level `from <level dots><module> import ...` statement."""
     for i, stmt in enumerate(body):
-        if m.matches(stmt, m.SimpleStatementLine(body=[m.ImportFrom()])):
-            node = stmt.body[0]  # type: ignore[attr-defined]
-            if relative_module(node) == (level, module):
-                return i, node
+        node = single_import_from(stmt)
+        if node is not None and relative_module(node) == (level, module):
+            return i, node
+    return None
+
+
+def single_import_from(stmt: cst.CSTNode) -> cst.ImportFrom | None:
+    """The `from x import ...` of a statement line that holds only that."""
+    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.ImportFrom):
+        return stmt.body[0]
     return None
 
 

@@ -14,14 +14,11 @@ Methods are found from `PeftType` members and from the tuner packages that call 
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 
-import libcst as cst
-import libcst.matchers as m
-
 from scaffold.errors import ScaffoldError
-from scaffold.register import _cst
 from scaffold.register.manifest import read_manifest
 from scaffold.register.method import DiscoveredMethod
 from scaffold.register.sites import SITES, Site, peft_type_members
@@ -73,12 +70,17 @@ class DoctorRow:
 
 def _registration_call(init_source: str, relpath: str) -> dict[str, str] | None:
     """The keyword arguments (as source text) of the `register_peft_method(...)` call in a package __init__."""
-    tree = _cst.parse(init_source, relpath)
-    for call in m.findall(tree, m.Call(func=m.Name("register_peft_method"))):
-        assert isinstance(call, cst.Call)
-        return {
-            arg.keyword.value: cst.Module([]).code_for_node(arg.value) for arg in call.args if arg.keyword is not None
-        }
+    try:
+        tree = ast.parse(init_source)
+    except SyntaxError as exc:
+        raise ScaffoldError(relpath, f"is not valid Python (line {exc.lineno}: {exc.msg})") from exc
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "register_peft_method":
+            return {
+                kw.arg: ast.get_source_segment(init_source, kw.value) or ""
+                for kw in node.keywords
+                if kw.arg is not None
+            }
     return None
 
 

@@ -45,7 +45,6 @@ from functools import partial
 from typing import Any
 
 import libcst as cst
-import libcst.matchers as m
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -53,6 +52,7 @@ from ruamel.yaml.error import YAMLError
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
+from scaffold.register.locate import Assignment
 from scaffold.register.method import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register.tree import PeftTree
 
@@ -62,8 +62,6 @@ class Site(ABC):
     relpath: str  # may contain "{name}", the method name
     # False: PEFT itself leaves this out for some complete methods, so `doctor` reports it as optional, not a gap.
     required: bool = True
-    # Registration edits only the head of the file up to these module-level lists (see `split_head`).
-    head_names: tuple[str, ...] = ()
 
     def path(self, method_name: str) -> str:
         return self.relpath.format(name=method_name)
@@ -227,10 +225,7 @@ _MAPPING = re.compile(r"^TRANSFORMERS_MODELS_TO_\w+_TARGET_MODULES_MAPPING$")
 def _lora_copy_block_end(body: Sequence[cst.CSTNode]) -> int | None:
     """The last statement of PEFT's "identical to LORA" block: the run of statements, without blank lines
     between them, that starts at the first `X = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`."""
-    copy_of_lora = m.Call(func=m.Attribute(value=m.Name(LORA_MAPPING), attr=m.Name("copy")))
-    start = next(
-        (i for i, s in enumerate(body) if m.matches(_cst.assigned_value(s) or cst.Name("_"), copy_of_lora)), None
-    )
+    start = next((i for i, stmt in enumerate(body) if _is_copy_of_lora(_cst.assigned_value(stmt))), None)
     if start is None:
         return None
     end = start
@@ -239,15 +234,32 @@ def _lora_copy_block_end(body: Sequence[cst.CSTNode]) -> int | None:
     return end
 
 
+def _is_copy_of_lora(value: cst.BaseExpression | None) -> bool:
+    """`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`"""
+    if not isinstance(value, cst.Call) or not isinstance(value.func, cst.Attribute):
+        return False
+    owner, attr = value.func.value, value.func.attr
+    return isinstance(owner, cst.Name) and owner.value == LORA_MAPPING and attr.value == "copy"
+
+
+def _subscript_target(stmt: cst.CSTNode) -> str | None:
+    """`NAME` for a top-level `NAME[...] = ...` statement, else None."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    small = stmt.body[0]
+    if not isinstance(small, cst.Assign) or len(small.targets) != 1:
+        return None
+    target = small.targets[0].target
+    if isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name):
+        return target.value.value
+    return None
+
+
 def _last_mapping(body: Sequence[cst.CSTNode]) -> int | None:
     """The last top-level statement assigning to (or into) a TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING."""
     last = None
     for i, stmt in enumerate(body):
-        name = _cst.assigned_name(stmt)
-        if name is None and m.matches(
-            stmt, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(m.Subscript(value=m.Name()))])])
-        ):
-            name = stmt.body[0].targets[0].target.value.value  # type: ignore[attr-defined]
+        name = _cst.assigned_name(stmt) or _subscript_target(stmt)
         if name is not None and _MAPPING.match(name):
             last = i
     return last
@@ -347,7 +359,7 @@ class ReexportSite(Site):
 # -- tests -----------------------------------------------------------------------------------------------------------
 
 
-class _RemoveUnusedImport(t._Edit):
+class _RemoveUnusedImport(t.Edit):
     """Drop `names` from `from peft import (...)` when nothing else in the module uses them."""
 
     def __init__(self, context: Any, names: Sequence[str]) -> None:
@@ -393,7 +405,8 @@ class TestConfigSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        count = t.row_count(_cst.parse(source, self.relpath), "ALL_CONFIG_CLASSES", 0, method.config_cls)
+        tree = t.parse_statement_of(source, self.relpath, Assignment("ALL_CONFIG_CLASSES"))
+        count = t.row_count(tree, "ALL_CONFIG_CLASSES", 0, method.config_cls)
         return bool(count)
 
 
@@ -408,7 +421,6 @@ class TestCustomModelsSite(Site):
 
     name = "test_custom_models"
     relpath = "tests/test_custom_models.py"
-    head_names = ("TEST_CASES",)
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.test_cases else "no test cases given")
@@ -447,7 +459,8 @@ class TestCustomModelsSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        return bool(t.row_count(_cst.parse(source, self.relpath), "TEST_CASES", 2, method.config_cls))
+        tree = t.parse_statement_of(source, self.relpath, Assignment("TEST_CASES"))
+        return bool(t.row_count(tree, "TEST_CASES", 2, method.config_cls))
 
 
 class TestMultipleAdaptersSite(Site):
@@ -457,7 +470,6 @@ class TestMultipleAdaptersSite(Site):
     name = "test_custom_models_multi"
     relpath = "tests/test_custom_models.py"
     required = False
-    head_names = ("MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES",)
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.multiple_active_adapters_cases else "no multi-adapter cases given")
@@ -490,8 +502,9 @@ class TestMultipleAdaptersSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        tree = _cst.parse(source, self.relpath)
-        return bool(t.row_count(tree, "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2, method.config_cls))
+        name = "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES"
+        tree = t.parse_statement_of(source, self.relpath, Assignment(name))
+        return bool(t.row_count(tree, name, 2, method.config_cls))
 
 
 # -- 8. docs ---------------------------------------------------------------------------------------------------------

@@ -1,38 +1,87 @@
-"""Small libcst codemods, each one edit of one kind, each with its inverse. The sites compose them.
+"""Small libcst transforms, each one edit of one kind, each with its inverse. The sites compose them.
 
-Every codemod leaves the module unchanged when its edit is already there (adding) or already gone (removing),
+Every edit leaves the module unchanged when its edit is already there (adding) or already gone (removing),
 so running a site twice changes nothing.
+
+The edits have the shape of libcst codemods (a context in, `transform_module(tree) -> tree` out) but do not use the
+codemod framework: importing `libcst.codemod` pulls in `libcst.matchers`, 450 generated dataclasses that take longer
+to import (0.35 s) than all of `new`'s registration work, and these edits need neither metadata nor matcher
+decorators. An edit confined to one top-level statement says so (`scope`), and `run` then parses only that
+statement (see `locate`).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import libcst as cst
-import libcst.matchers as m
-from libcst.codemod import Codemod, CodemodContext
 
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
+from scaffold.register.locate import Assignment, ImportFrom, Scope, statement_lines, surely_absent
 
 
-def run(source: str, relpath: str, *codemods: Callable[[CodemodContext], Codemod]) -> str:
-    """Parse `source`, apply the codemods in order, return the new code (identical text if nothing changed)."""
+@dataclass(frozen=True)
+class EditContext:
+    """The part of libcst's `CodemodContext` these edits use: the file they edit, for error messages."""
+
+    filename: str
+
+
+class Edit(ABC):
+    # The top-level statement the edit reads and changes, when it is confined to one (None: the whole module).
+    scope: Scope | None = None
+
+    def __init__(self, context: EditContext) -> None:
+        self.context = context
+
+    def transform_module(self, tree: cst.Module) -> cst.Module:
+        return self.transform_module_impl(tree)
+
+    @abstractmethod
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module: ...
+
+    def fail(self, expected: str) -> ScaffoldError:
+        return ScaffoldError(self.context.filename, f"expected {expected}")
+
+
+def run(source: str, relpath: str, *edits: Callable[[EditContext], Edit]) -> str:
+    """Apply the edits in order to `source`, return the new code (identical text if nothing changed)."""
+    made = [make(EditContext(filename=relpath)) for make in edits]
+    if all(edit.scope is not None for edit in made):
+        scoped = _run_on_statements(source, relpath, made)
+        if scoped is not None:
+            return scoped
     tree = _cst.parse(source, relpath)
-    for make in codemods:
-        tree = make(CodemodContext(filename=relpath)).transform_module(tree)
+    for edit in made:
+        tree = edit.transform_module(tree)
     return tree.code
 
 
-class _Edit(Codemod):
-    def transform_module(self, tree: cst.Module) -> cst.Module:
-        # These edits use no metadata: skip the MetadataWrapper, whose deep copy of the tree costs seconds on
-        # tests/test_custom_models.py.
-        return self.transform_module_impl(tree)
+def parse_statement_of(source: str, relpath: str, scope: Scope) -> cst.Module:
+    """A module of just the statement `scope` matches (the whole module if it cannot be found cheaply), for reading
+    that statement with the same helpers the edits use; an empty module when it is surely not there)."""
+    if surely_absent(source, scope):
+        return cst.Module(body=[])
+    found = statement_lines(source, scope)
+    return _cst.parse(found[1] if found else source, relpath)
 
-    def fail(self, expected: str) -> ScaffoldError:
-        return ScaffoldError(self.context.filename or "?", f"expected {expected}")
+
+def _run_on_statements(source: str, relpath: str, edits: list[Edit]) -> str | None:
+    """Each edit applied to its statement alone, spliced back; None if a statement was not found cheaply (the
+    whole-module run then finds it, or reports it missing)."""
+    text = source
+    for edit in edits:
+        assert edit.scope is not None
+        found = statement_lines(text, edit.scope)
+        if found is None:
+            return None
+        before, statement, after = found
+        text = before + edit.transform_module(_cst.parse(statement, relpath)).code + after
+    return text
 
 
 # -- __all__ -----------------------------------------------------------------------------------------------------
@@ -53,11 +102,12 @@ def _replace_value(stmt: cst.CSTNode, value: cst.BaseExpression) -> cst.CSTNode:
     return stmt.with_changes(body=[small.with_changes(value=value)])
 
 
-class AddToDunderAll(_Edit):
+class AddToDunderAll(Edit):
     """Add names to the top-level `__all__` list, in its order (ruff RUF022) or at the end if it is unsorted."""
 
-    def __init__(self, context: CodemodContext, names: Sequence[str]) -> None:
+    def __init__(self, context: EditContext, names: Sequence[str]) -> None:
         super().__init__(context)
+        self.scope = Assignment("__all__")
         self.names = names
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -76,9 +126,10 @@ class AddToDunderAll(_Edit):
         return tree.with_changes(body=body)
 
 
-class RemoveFromDunderAll(_Edit):
-    def __init__(self, context: CodemodContext, names: Sequence[str]) -> None:
+class RemoveFromDunderAll(Edit):
+    def __init__(self, context: EditContext, names: Sequence[str]) -> None:
         super().__init__(context)
+        self.scope = Assignment("__all__")
         self.names = names
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -111,11 +162,12 @@ def dunder_all_names(tree: cst.Module) -> list[str]:
 # -- names in an existing `from X import (...)` ------------------------------------------------------------------
 
 
-class AddImportedNames(_Edit):
+class AddImportedNames(Edit):
     """Add names to an existing `from <module> import (...)` statement, in ruff's isort order."""
 
-    def __init__(self, context: CodemodContext, level: int, module: str, names: Sequence[str]) -> None:
+    def __init__(self, context: EditContext, level: int, module: str, names: Sequence[str]) -> None:
         super().__init__(context)
+        self.scope = ImportFrom(level, module)
         self.level, self.module_name, self.names = level, module, names
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -134,9 +186,10 @@ class AddImportedNames(_Edit):
         return tree.with_changes(body=body)
 
 
-class RemoveImportedNames(_Edit):
-    def __init__(self, context: CodemodContext, level: int, module: str, names: Sequence[str]) -> None:
+class RemoveImportedNames(Edit):
+    def __init__(self, context: EditContext, level: int, module: str, names: Sequence[str]) -> None:
         super().__init__(context)
+        self.scope = ImportFrom(level, module)
         self.level, self.module_name, self.names = level, module, names
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -165,17 +218,17 @@ def _sibling_imports(body: Sequence[cst.CSTNode]) -> list[tuple[int, str]]:
     """(index, module) of the top-level `from .<single name> import ...` statements."""
     out = []
     for i, stmt in enumerate(body):
-        if m.matches(stmt, m.SimpleStatementLine(body=[m.ImportFrom()])):
-            level, module = _cst.relative_module(stmt.body[0])  # type: ignore[attr-defined]
+        if (node := _cst.single_import_from(stmt)) is not None:
+            level, module = _cst.relative_module(node)
             if level == 1 and module and "." not in module:
                 out.append((i, module))
     return out
 
 
-class AddPackageImport(_Edit):
+class AddPackageImport(Edit):
     """Add `from .<package> import A, B` among the other `from .<x> import` lines, sorted by module like isort."""
 
-    def __init__(self, context: CodemodContext, package: str, names: Sequence[str]) -> None:
+    def __init__(self, context: EditContext, package: str, names: Sequence[str]) -> None:
         super().__init__(context)
         self.package = package
         self.names = sorted(names, key=_cst.import_name_key)
@@ -197,8 +250,8 @@ class AddPackageImport(_Edit):
         return tree.with_changes(body=body)
 
 
-class RemovePackageImport(_Edit):
-    def __init__(self, context: CodemodContext, package: str) -> None:
+class RemovePackageImport(Edit):
+    def __init__(self, context: EditContext, package: str) -> None:
         super().__init__(context)
         self.package = package
 
@@ -237,10 +290,10 @@ def enum_members(cls: cst.ClassDef) -> list[tuple[int, str, str | None]]:
     return out
 
 
-class AddEnumMember(_Edit):
+class AddEnumMember(Edit):
     """Add `MEMBER = "MEMBER"` to a `class X(str, enum.Enum)` (at the end: PEFT's enums are in insertion order)."""
 
-    def __init__(self, context: CodemodContext, class_name: str, member: str) -> None:
+    def __init__(self, context: EditContext, class_name: str, member: str) -> None:
         super().__init__(context)
         self.class_name, self.member = class_name, member
 
@@ -261,8 +314,8 @@ class AddEnumMember(_Edit):
         return tree.with_changes(body=[*tree.body[:index], new_cls, *tree.body[index + 1 :]])
 
 
-class RemoveEnumMember(_Edit):
-    def __init__(self, context: CodemodContext, class_name: str, member: str) -> None:
+class RemoveEnumMember(Edit):
+    def __init__(self, context: EditContext, class_name: str, member: str) -> None:
         super().__init__(context)
         self.class_name, self.member = class_name, member
 
@@ -285,8 +338,11 @@ class RemoveEnumMember(_Edit):
 
 def _docstring(cls: cst.ClassDef) -> tuple[int, cst.SimpleString] | None:
     body = cls.body.body if isinstance(cls.body, cst.IndentedBlock) else ()
-    if body and m.matches(body[0], m.SimpleStatementLine(body=[m.Expr(value=m.SimpleString())])):
-        return 0, body[0].body[0].value  # type: ignore[attr-defined]
+    first = body[0] if body else None
+    if isinstance(first, cst.SimpleStatementLine) and len(first.body) == 1 and isinstance(first.body[0], cst.Expr):
+        value = first.body[0].value
+        if isinstance(value, cst.SimpleString):
+            return 0, value
     return None
 
 
@@ -305,10 +361,10 @@ def docstring_items(cls: cst.ClassDef) -> list[str]:
     return [line.strip()[2:].strip() for line in found[1].value.splitlines() if line.strip().startswith("- ")]
 
 
-class AddDocstringItem(_Edit):
+class AddDocstringItem(Edit):
     """Append `- ITEM` after the last `- X` line of the class docstring (PEFT's list of PeftType members)."""
 
-    def __init__(self, context: CodemodContext, class_name: str, item: str) -> None:
+    def __init__(self, context: EditContext, class_name: str, item: str) -> None:
         super().__init__(context)
         self.class_name, self.item = class_name, item
 
@@ -328,8 +384,8 @@ class AddDocstringItem(_Edit):
         return _with_docstring(tree, found[0], found[1], doc[1].with_changes(value="".join(lines)))
 
 
-class RemoveDocstringItem(_Edit):
-    def __init__(self, context: CodemodContext, class_name: str, item: str) -> None:
+class RemoveDocstringItem(Edit):
+    def __init__(self, context: EditContext, class_name: str, item: str) -> None:
         super().__init__(context)
         self.class_name, self.item = class_name, item
 
@@ -348,12 +404,12 @@ class RemoveDocstringItem(_Edit):
 # -- module-level assignments ----------------------------------------------------------------------------------------
 
 
-class AddAssignment(_Edit):
+class AddAssignment(Edit):
     """Insert a top-level statement after the statement `anchor(body)` returns (an index)."""
 
     def __init__(
         self,
-        context: CodemodContext,
+        context: EditContext,
         name: str,
         code: str,
         anchor: Callable[[Sequence[cst.CSTNode]], int | None],
@@ -378,8 +434,8 @@ class AddAssignment(_Edit):
         return tree.with_changes(body=body)
 
 
-class RemoveAssignment(_Edit):
-    def __init__(self, context: CodemodContext, name: str) -> None:
+class RemoveAssignment(Edit):
+    def __init__(self, context: EditContext, name: str) -> None:
         super().__init__(context)
         self.name = name
 
@@ -412,7 +468,8 @@ def row_mentions(el: cst.BaseElement, position: int, name: str) -> bool:
     value = el.value
     if not isinstance(value, cst.Tuple) or len(value.elements) <= position:
         return False
-    return m.matches(value.elements[position].value, m.Name(name))
+    cell = value.elements[position].value
+    return isinstance(cell, cst.Name) and cell.value == name
 
 
 def row_count(tree: cst.Module, name: str, position: int, cls: str) -> int | None:
@@ -422,7 +479,7 @@ def row_count(tree: cst.Module, name: str, position: int, cls: str) -> int | Non
     return sum(row_mentions(el, position, cls) for el in found[1].elements)
 
 
-class AddRows(_Edit):
+class AddRows(Edit):
     """Add tuple rows to a top-level list/tuple such as TEST_CASES, optionally under a comment banner.
 
     Rows go at the end, or, with `sorted_by_first`, at their place when the existing rows are sorted by their first
@@ -431,13 +488,14 @@ class AddRows(_Edit):
 
     def __init__(
         self,
-        context: CodemodContext,
+        context: EditContext,
         name: str,
         rows: Sequence[str],
         banner: Sequence[str] = (),
         sorted_by_first: bool = False,
     ) -> None:
         super().__init__(context)
+        self.scope = Assignment(name)
         self.name, self.rows, self.banner, self.sorted_by_first = name, rows, banner, sorted_by_first
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -460,19 +518,22 @@ class AddRows(_Edit):
 
 
 def _first_code(el: cst.BaseElement) -> str | None:
+    """The source of a row's first element (a description string, mostly: its token, without printing the node)."""
     value = el.value
-    if isinstance(value, cst.Tuple) and value.elements:
-        return cst.Module([]).code_for_node(value.elements[0].value)
-    return None
+    if not isinstance(value, cst.Tuple) or not value.elements:
+        return None
+    first = value.elements[0].value
+    if isinstance(first, (cst.SimpleString, cst.Name)) and not first.lpar:
+        return first.value
+    return cst.Module([]).code_for_node(first)
 
 
-class RemoveRows(_Edit):
+class RemoveRows(Edit):
     """Remove the rows whose element `position` is the name `cls`, and the banner above the first of them."""
 
-    def __init__(
-        self, context: CodemodContext, name: str, position: int, cls: str, banner: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, context: EditContext, name: str, position: int, cls: str, banner: Sequence[str] = ()) -> None:
         super().__init__(context)
+        self.scope = Assignment(name)
         self.name, self.position, self.cls, self.banner = name, position, cls, banner
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:

@@ -24,11 +24,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import libcst as cst
-import libcst.matchers as m
-from libcst.codemod import Codemod, CodemodContext
 
 from scaffold import __version__
 from scaffold.changeset import ChangeSet, read_view
@@ -38,6 +35,8 @@ from scaffold.register.manifest import sha256_text
 from scaffold.register.transforms import (
     AddPackageImport,
     AddToDunderAll,
+    Edit,
+    EditContext,
     RemoveFromDunderAll,
     RemovePackageImport,
     dunder_all_names,
@@ -80,10 +79,11 @@ def _find_function(tree: cst.Module, name: str) -> tuple[int, cst.FunctionDef] |
 
 def _isinstance_target(test: cst.BaseExpression) -> tuple[str, str] | None:
     """(variable, class code) of a test `isinstance(<variable>, <class>)`."""
-    if not m.matches(test, m.Call(func=m.Name("isinstance"), args=[m.Arg(value=m.Name()), m.Arg()])):
+    if not isinstance(test, cst.Call) or not isinstance(test.func, cst.Name) or test.func.value != "isinstance":
         return None
-    call: Any = test
-    return call.args[0].value.value, cst.Module([]).code_for_node(call.args[1].value)
+    if len(test.args) != 2 or not isinstance(test.args[0].value, cst.Name):
+        return None
+    return test.args[0].value.value, cst.Module([]).code_for_node(test.args[1].value)
 
 
 def _assigns_new_module(node: cst.If) -> bool:
@@ -177,41 +177,36 @@ def _replace_chain(tree: cst.Module, dispatch: _Dispatch, root: cst.If) -> cst.M
     return tree.with_changes(body=[*tree.body[: dispatch.index], function, *tree.body[dispatch.index + 1 :]])
 
 
-class _Edit(Codemod):
-    def transform_module(self, tree: cst.Module) -> cst.Module:
-        return self.transform_module_impl(tree)
-
-
-class AddDispatchBranch(_Edit):
+class AddDispatchBranch(Edit):
     """Append `elif isinstance(target_base_layer, <base>): ... new_module = <Class>(...)` to `dispatch_default`."""
 
-    def __init__(self, context: CodemodContext, reg: LayerRegistration) -> None:
+    def __init__(self, context: EditContext, reg: LayerRegistration) -> None:
         super().__init__(context)
         self.reg = reg
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        dispatch = find_dispatch(tree, self.context.filename or LAYER_PY)
+        dispatch = find_dispatch(tree, self.context.filename)
         branch = _branch_code(self.reg, dispatch.variable, dispatch.config_param)
         position = dispatch.branch_of(self.reg.base_path)
         if position is not None:
             if dispatch.chain[position].body.deep_equals(branch.body):
                 return tree  # already registered
             raise ScaffoldError(
-                self.context.filename or LAYER_PY,
+                self.context.filename,
                 f"`dispatch_default` already has a branch for {self.reg.base_path} (not generated here)",
             )
         root = _rebuild(dispatch.chain, lambda nodes: [*nodes, branch])
         return _replace_chain(tree, dispatch, root)
 
 
-class RemoveDispatchBranch(_Edit):
-    def __init__(self, context: CodemodContext, reg: LayerRegistration) -> None:
+class RemoveDispatchBranch(Edit):
+    def __init__(self, context: EditContext, reg: LayerRegistration) -> None:
         super().__init__(context)
         self.reg = reg
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         try:
-            dispatch = find_dispatch(tree, self.context.filename or LAYER_PY)
+            dispatch = find_dispatch(tree, self.context.filename)
         except ScaffoldError:
             return tree  # nothing of ours can be there
         position = dispatch.branch_of(self.reg.base_path)
@@ -265,7 +260,7 @@ def plan_unregistration(changeset: ChangeSet, reg: LayerRegistration) -> list[st
 _SITE_NAMES = {LAYER_PY: "dispatch_default", LORA_INIT: "lora exports"}
 
 
-def _sites(reg: LayerRegistration, *, add: bool) -> list[tuple[str, list[Callable[[CodemodContext], Codemod]]]]:
+def _sites(reg: LayerRegistration, *, add: bool) -> list[tuple[str, list[Callable[[EditContext], Edit]]]]:
     if add:
         return [
             (LAYER_PY, [lambda ctx: AddDispatchBranch(ctx, reg)]),

@@ -21,11 +21,11 @@ from functools import partial
 from typing import Any
 
 import libcst as cst
-from libcst.codemod import CodemodContext
 
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
+from scaffold.register.locate import Assignment
 
 
 CONFIG = "src/peft/tuners/lora/config.py"
@@ -108,10 +108,10 @@ def config_fields(source: str, relpath: str = CONFIG) -> list[str]:
     return out
 
 
-class AddConfigField(t._Edit):
+class AddConfigField(t.Edit):
     """Add a dataclass field after LoraConfig's last field, and its entry after the last one of the `Args:` list."""
 
-    def __init__(self, context: CodemodContext, name: str, code: str, doc_entry: str) -> None:
+    def __init__(self, context: t.EditContext, name: str, code: str, doc_entry: str) -> None:
         super().__init__(context)
         self.name, self.code, self.doc_entry = name, code, doc_entry
 
@@ -134,8 +134,8 @@ class AddConfigField(t._Edit):
         return tree.with_changes(body=[*tree.body[:index], new_cls, *tree.body[index + 1 :]])
 
 
-class RemoveConfigField(t._Edit):
-    def __init__(self, context: CodemodContext, name: str) -> None:
+class RemoveConfigField(t.Edit):
+    def __init__(self, context: t.EditContext, name: str) -> None:
         super().__init__(context)
         self.name = name
 
@@ -293,10 +293,10 @@ def _edit_property(tree: cst.Module, layer: str, relpath: str, edit: Any, missin
     return tree.with_changes(body=[*tree.body[:class_index], new_cls, *tree.body[class_index + 1 :]])
 
 
-class AddVariantEntry(t._Edit):
+class AddVariantEntry(t.Edit):
     """`("use_<name>",): <module>.<Variant>` at the end of `class <layer>`'s `lora_variants`, `<module>` imported."""
 
-    def __init__(self, context: CodemodContext, layer: str, switch: str, module: str, variant_cls: str) -> None:
+    def __init__(self, context: t.EditContext, layer: str, switch: str, module: str, variant_cls: str) -> None:
         super().__init__(context)
         self.layer, self.switch, self.module_name, self.variant_cls = layer, switch, module, variant_cls
 
@@ -322,8 +322,8 @@ class AddVariantEntry(t._Edit):
         return _edit_property(tree, self.layer, self.context.filename or LAYER, edit, missing_ok=False)
 
 
-class RemoveVariantEntry(t._Edit):
-    def __init__(self, context: CodemodContext, layer: str, switch: str, module: str) -> None:
+class RemoveVariantEntry(t.Edit):
+    def __init__(self, context: t.EditContext, layer: str, switch: str, module: str) -> None:
         super().__init__(context)
         self.layer, self.switch, self.module_name = layer, switch, module
 
@@ -367,11 +367,12 @@ def _mapping_return_in(fbody: list[Any]) -> tuple[int, cst.Dict]:
 # -- tests/test_custom_models.py: TEST_CASES rows ------------------------------------------------------------------------
 
 
-class RemoveRowsByDescription(t._Edit):
+class RemoveRowsByDescription(t.Edit):
     """Remove the TEST_CASES-style rows whose first element is one of `descriptions`, and the banner above them."""
 
-    def __init__(self, context: CodemodContext, name: str, descriptions: Sequence[str], banner: Sequence[str]) -> None:
+    def __init__(self, context: t.EditContext, name: str, descriptions: Sequence[str], banner: Sequence[str]) -> None:
         super().__init__(context)
+        self.scope = Assignment(name)
         self.name, self.descriptions, self.banner = name, set(descriptions), list(banner)
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -401,7 +402,7 @@ def _description(el: cst.BaseElement) -> str | None:
 
 
 def test_case_descriptions(source: str, relpath: str = TEST_CUSTOM_MODELS) -> list[str]:
-    tree = _cst.parse(source, relpath)
+    tree = t.parse_statement_of(source, relpath, Assignment("TEST_CASES"))
     index = _cst.find_assignment(tree.body, "TEST_CASES")
     value = _cst.assigned_value(tree.body[index]) if index is not None else None
     if not isinstance(value, (cst.List, cst.Tuple)):
@@ -436,25 +437,13 @@ def remove_layer(source: str, reg: VariantRegistration) -> str:
 
 
 def apply_tests(source: str, reg: VariantRegistration) -> str:
-    from scaffold.register import split_head
-
-    head, tail = split_head(source, ("TEST_CASES",))
-    assert head is not None
-    edited = t.run(
-        head,
-        TEST_CUSTOM_MODELS,
-        partial(t.AddRows, name="TEST_CASES", rows=list(reg.test_rows), banner=list(reg.banner)),
-    )
-    return edited + tail
+    edit = partial(t.AddRows, name="TEST_CASES", rows=list(reg.test_rows), banner=list(reg.banner))
+    return t.run(source, TEST_CUSTOM_MODELS, edit)
 
 
 def remove_tests(source: str, reg: VariantRegistration) -> str:
-    from scaffold.register import split_head
-
-    head, tail = split_head(source, ("TEST_CASES",))
-    assert head is not None
     edit = partial(RemoveRowsByDescription, name="TEST_CASES", descriptions=reg.test_descriptions, banner=reg.banner)
-    return t.run(head, TEST_CUSTOM_MODELS, edit) + tail
+    return t.run(source, TEST_CUSTOM_MODELS, edit)
 
 
 @dataclass(frozen=True)

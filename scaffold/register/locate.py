@@ -1,0 +1,100 @@
+"""Find one top-level statement of a module without parsing the whole module.
+
+Most registry edits change one statement (`__all__`, a `from x import (...)`, a `TEST_CASES` list). libcst needs a
+second to parse the 8000 lines of tests/test_custom_models.py and half a second more to print them; an edit confined
+to one statement only needs that statement's lines. `statement_lines` finds them: a regular expression proposes the
+first line, and `ast` (C-fast) confirms it on the file's head, up to the end of the statement, so that a look-alike
+line inside a string or a nested block is never taken for it. Anything unusual (two statements on a line, a first
+match that is not the statement) returns None, and the caller parses the whole module instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+class Scope(ABC):
+    """A top-level statement an edit is confined to."""
+
+    @abstractmethod
+    def first_line(self) -> re.Pattern[str]:
+        """Matches the first line of the statement (and possibly of look-alikes, which `ast` then rules out)."""
+
+    @abstractmethod
+    def matches(self, node: ast.stmt) -> bool:
+        """Whether `node` is the statement (the same test as the edit's own search in the libcst tree)."""
+
+
+@dataclass(frozen=True)
+class Assignment(Scope):
+    """`NAME = ...` or `NAME: T = ...`, a single target."""
+
+    name: str
+
+    def first_line(self) -> re.Pattern[str]:
+        return re.compile(rf"{re.escape(self.name)}\s*(:[^=\n]*)?=(?!=)")
+
+    def matches(self, node: ast.stmt) -> bool:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+            return len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == self.name
+        return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == self.name
+
+
+@dataclass(frozen=True)
+class ImportFrom(Scope):
+    """`from <level dots><module> import ...`."""
+
+    level: int
+    module: str
+
+    def first_line(self) -> re.Pattern[str]:
+        return re.compile(rf"from\s+{re.escape('.' * self.level + self.module)}\s+import\b")
+
+    def matches(self, node: ast.stmt) -> bool:
+        return isinstance(node, ast.ImportFrom) and node.level == self.level and (node.module or "") == self.module
+
+
+# A later line that can start a new top-level statement: not indented, not blank, not a comment, not a closing bracket.
+_STATEMENT_START = re.compile(r"[^\s#)\]}]")
+# Each attempt parses the head of the file; past this many, parsing the whole module is cheaper.
+_MAX_ATTEMPTS = 20
+
+
+def surely_absent(source: str, scope: Scope) -> bool:
+    """True when no line could start the statement: a top-level statement on a line of its own starts at column 0."""
+    pattern = scope.first_line()
+    return not any(pattern.match(line) for line in source.splitlines())
+
+
+def statement_lines(source: str, scope: Scope) -> tuple[str, str, str] | None:
+    """(text before, the statement's lines, text after) for the first top-level statement `scope` matches.
+
+    The statement's lines run from the start of its first line to the end of its last one (a trailing comment
+    included). None when there is no such statement or it shares a line with another statement.
+    """
+    lines = source.splitlines(keepends=True)
+    pattern = scope.first_line()
+    start = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
+    if start is None:
+        return None
+    # The statement ends before the first later line that starts a statement; the first head that parses is the
+    # one that ends there (a cut inside the statement, or inside a string, is a syntax error).
+    ends = (i for i in range(start + 1, len(lines) + 1) if i == len(lines) or _STATEMENT_START.match(lines[i]))
+    for _, end in zip(range(_MAX_ATTEMPTS), ends):
+        try:
+            module = ast.parse("".join(lines[:end]))
+        except SyntaxError:
+            continue
+        if not module.body:
+            return None
+        node = module.body[-1]
+        previous_end = module.body[-2].end_lineno if len(module.body) > 1 else 0
+        if node.lineno != start + 1 or not scope.matches(node) or previous_end == start + 1:
+            return None  # the matched line was not the statement's start (e.g. it was inside a string)
+        stop = node.end_lineno or node.lineno
+        return "".join(lines[:start]), "".join(lines[start:stop]), "".join(lines[stop:])
+    return None
