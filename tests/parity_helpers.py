@@ -1,4 +1,5 @@
-"""Helpers for the LoRA parity test (tests/test_lora_parity.py).
+"""Helpers for the LoRA parity test (tests/test_lora_parity.py), and the subprocess/tree plumbing shared with the
+LoRA variant tests (tests/test_lora_variant_parity.py, tests/test_lora_variant_in_tree.py).
 
 Two halves:
 
@@ -11,11 +12,16 @@ Two halves:
   the LoRA weights into the generated adapter, and reports max absolute differences per case and per quantity as
   JSON.
 
+Shared by the other parity scripts: `run_script_in_tree` (the subprocess, on the pytest side), and on the script
+side `report_cases` (the tree check, per-case errors and the JSON line), `make_case`, `one_layer_net`, `max_abs_diff`,
+`merge_round_trip` and `only_tuner_layer`.
+
 The script half imports torch/peft only inside functions: importing this module from pytest stays cheap.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import traceback
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,34 +160,124 @@ def _register_by_text_edits(tree: Path, name: str, peft_type: str, config_cls: s
 # Running the comparison
 
 
-def run_parity(tree: Path, timeout: float = 300) -> dict[str, Any]:
-    """Run the comparison script against `tree` in a fresh interpreter and return its JSON report."""
+def run_script_in_tree(
+    script: Path,
+    tree: Path,
+    marker: str,
+    *,
+    timeout: float = 300,
+    what: str = "parity script",
+    env_defaults: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run `python SCRIPT TREE` in a fresh interpreter with `PYTHONPATH=TREE/src` (the tree's peft is the only one it
+    can import) and return the JSON report it prints on its one stdout line starting with `marker`.
+
+    `env_defaults` are set in the subprocess's environment unless already set; `what` names the script in the error
+    raised when it fails or prints no (or more than one) report line.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(Path(tree).resolve() / "src")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # -P (3.11+): do not put this file's directory (tests/) on sys.path; only the tree's src and site-packages count
+    for key, value in (env_defaults or {}).items():
+        env.setdefault(key, value)
+    # -P (3.11+): do not put the script's directory (tests/) on sys.path; only the tree's src and site-packages count
     isolate = ["-P"] if sys.version_info >= (3, 11) else []
     proc = subprocess.run(
-        [sys.executable, *isolate, str(Path(__file__).resolve()), str(Path(tree).resolve())],
+        [sys.executable, *isolate, str(Path(script).resolve()), str(Path(tree).resolve())],
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    report_lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
+    report_lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
     if proc.returncode != 0 or len(report_lines) != 1:
-        raise RuntimeError(
-            f"parity script failed (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-    return json.loads(report_lines[0][len(JSON_MARKER) :])
+        raise RuntimeError(f"{what} failed (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return json.loads(report_lines[0][len(marker) :])
+
+
+def run_parity(tree: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run the comparison script (this file) against `tree` in a fresh interpreter and return its JSON report."""
+    return run_script_in_tree(
+        Path(__file__), tree, JSON_MARKER, timeout=timeout, env_defaults={"TOKENIZERS_PARALLELISM": "false"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The script (runs in the subprocess; torch, transformers and the tree's peft are imported only here)
 
 
-def _make_case(layer_type: str) -> tuple[Any, Any, bool]:
+def report_cases(tree: str | Path, marker: str, cases: Iterable[tuple[str, Callable[[], dict[str, float]]]]) -> int:
+    """The main of a parity script: check that the `peft` imported is the tree's, run each `(name, run)` case with
+    warnings silenced, and print `{"peft_file", "cases": {name: run()}, "errors": {name: traceback}}` as one JSON line
+    after `marker`. A case that raises is reported in "errors", so one failure does not hide the others. Returns 0.
+    """
+    import warnings as _warnings
+
+    import peft
+
+    # the comparison is meaningless if the peft imported is not the tree's
+    peft_file = Path(peft.__file__).resolve()
+    if Path(tree).resolve() / "src" not in peft_file.parents:
+        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
+
+    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
+    for case, run in cases:
+        try:
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore")
+                report["cases"][case] = run()
+        except Exception:  # reported per case, so one failure does not hide the others
+            report["errors"][case] = traceback.format_exc()
+    print(marker + json.dumps(report), flush=True)
+    return 0
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Max absolute difference of two tensors of the same shape, in float64 (a shape mismatch raises)."""
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+def one_layer_net(layer: Any) -> Any:
+    """A tiny model whose only submodule is `layer`, under the name "layer" (the configs' target)."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, layer: nn.Module) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+    return Net(layer)
+
+
+def merge_round_trip(
+    peft_model: Any, gen_model: Any, peft_layer: Any, gen_layer: Any, x: Any, base_weight: Any
+) -> dict[str, float]:
+    """`merge_adapter()` then `unmerge_adapter()` on both models (call under `torch.no_grad()`), measuring
+    merged_weight, merged_forward and unmerged_weight (generated vs PEFT), restored_weight (the generated base weight
+    after unmerge vs `base_weight`, the original) and effect_merged_weight (PEFT's merged weight vs the original)."""
+    out: dict[str, float] = {}
+    peft_model.merge_adapter()
+    gen_model.merge_adapter()
+    peft_w = peft_layer.get_base_layer().weight
+    gen_w = gen_layer.get_base_layer().weight
+    out["merged_weight"] = max_abs_diff(gen_w, peft_w)
+    out["effect_merged_weight"] = max_abs_diff(peft_w, base_weight)
+    out["merged_forward"] = max_abs_diff(gen_model(x), peft_model(x))
+
+    peft_model.unmerge_adapter()
+    gen_model.unmerge_adapter()
+    out["unmerged_weight"] = max_abs_diff(gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight)
+    out["restored_weight"] = max_abs_diff(gen_layer.get_base_layer().weight, base_weight)
+    return out
+
+
+def make_case(layer_type: str) -> tuple[Any, Any, bool]:
     """(base layer, input, fan_in_fan_out) for a layer type; call under a fixed seed."""
     import torch
     from torch import nn
@@ -237,7 +334,8 @@ def _copy_adapter(peft_layer: Any, gen_layer: Any, adapter_name: str) -> None:
         gen_B.copy_(lora_B)
 
 
-def _only_tuner_layer(model: Any, layer_cls: type) -> Any:
+def only_tuner_layer(model: Any, layer_cls: type) -> Any:
+    """The one module of `model` that is a `layer_cls` (none or several raise)."""
     layers = [module for module in model.modules() if isinstance(module, layer_cls)]
     if len(layers) != 1:
         raise AssertionError(f"expected exactly one {layer_cls.__name__}, found {len(layers)}")
@@ -252,25 +350,11 @@ def _run_case(layer_type: str, variant: str) -> dict[str, float]:
     from peft.tuners.lora.layer import LoraLayer
     from peft.tuners.reflora import RefLoraConfig
     from peft.tuners.reflora.layer import RefLoraLayer
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self, layer: nn.Module) -> None:
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layer(x)
-
-    def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-        if a.shape != b.shape:
-            raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
-        return (a.detach().double() - b.detach().double()).abs().max().item()
 
     seed = 1000 + LAYER_TYPES.index(layer_type) * 10 + VARIANTS.index(variant)
     torch.manual_seed(seed)
-    layer, x, fan_in_fan_out = _make_case(layer_type)
-    base = Net(layer).eval()
+    layer, x, fan_in_fan_out = make_case(layer_type)
+    base = one_layer_net(layer).eval()
     base_weight = base.layer.weight.detach().clone()
     with torch.no_grad():
         base_out = base(x)
@@ -295,8 +379,8 @@ def _run_case(layer_type: str, variant: str) -> dict[str, float]:
     peft_model.eval()
     gen_model.eval()
 
-    peft_layer = _only_tuner_layer(peft_model, LoraLayer)
-    gen_layer = _only_tuner_layer(gen_model, RefLoraLayer)
+    peft_layer = only_tuner_layer(peft_model, LoraLayer)
+    gen_layer = only_tuner_layer(gen_model, RefLoraLayer)
     for name in adapter_names:
         _copy_adapter(peft_layer, gen_layer, name)
     if len(adapter_names) > 1:
@@ -308,62 +392,36 @@ def _run_case(layer_type: str, variant: str) -> dict[str, float]:
     out["scaling"] = max(abs(peft_layer.scaling[n] - gen_layer.reflora_scaling[n]) for n in adapter_names)
     with torch.no_grad():
         peft_out = peft_model(x)
-        out["forward"] = maxdiff(gen_model(x), peft_out)
-        out["effect_forward"] = maxdiff(peft_out, base_out)
+        out["forward"] = max_abs_diff(gen_model(x), peft_out)
+        out["effect_forward"] = max_abs_diff(peft_out, base_out)
 
         if variant == "multi":
             # one sample per adapter, and the base model for the rest
             names = [*adapter_names, "__base__"] * (len(x) // (len(adapter_names) + 1) + 1)
             names = names[: len(x)]
-            out["mixed_batch"] = maxdiff(gen_model(x, adapter_names=names), peft_model(x, adapter_names=names))
+            out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), peft_model(x, adapter_names=names))
 
-        peft_model.merge_adapter()
-        gen_model.merge_adapter()
-        peft_w = peft_layer.get_base_layer().weight
-        gen_w = gen_layer.get_base_layer().weight
-        out["merged_weight"] = maxdiff(gen_w, peft_w)
-        out["effect_merged_weight"] = maxdiff(peft_w, base_weight)
-        out["merged_forward"] = maxdiff(gen_model(x), peft_model(x))
-
-        peft_model.unmerge_adapter()
-        gen_model.unmerge_adapter()
-        out["unmerged_weight"] = maxdiff(gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight)
-        out["restored_weight"] = maxdiff(gen_layer.get_base_layer().weight, base_weight)
-        out["unmerged_forward"] = maxdiff(gen_model(x), peft_model(x))
+        out.update(merge_round_trip(peft_model, gen_model, peft_layer, gen_layer, x, base_weight))
+        out["unmerged_forward"] = max_abs_diff(gen_model(x), peft_model(x))
 
         with gen_model.disable_adapter():
-            out["disabled_forward"] = maxdiff(gen_model(x), base_out)
+            out["disabled_forward"] = max_abs_diff(gen_model(x), base_out)
 
         peft_unloaded = peft_model.merge_and_unload()
         gen_unloaded = gen_model.merge_and_unload()
         if any(isinstance(m, RefLoraLayer) for m in gen_unloaded.modules()):
             raise AssertionError("merge_and_unload left RefLoRA layers in the model")
-        out["merge_and_unload"] = maxdiff(gen_unloaded(x), peft_unloaded(x))
+        out["merge_and_unload"] = max_abs_diff(gen_unloaded(x), peft_unloaded(x))
     return out
 
 
 def _script_main(tree: str) -> int:
-    import warnings as _warnings
-
-    import peft
-
-    # the comparison is meaningless if the peft imported is not the tree's
-    peft_file = Path(peft.__file__).resolve()
-    if Path(tree).resolve() / "src" not in peft_file.parents:
-        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
-
-    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
-    for layer_type in LAYER_TYPES:
-        for variant in VARIANTS:
-            case = f"{layer_type}/{variant}"
-            try:
-                with _warnings.catch_warnings():
-                    _warnings.simplefilter("ignore")
-                    report["cases"][case] = _run_case(layer_type, variant)
-            except Exception:  # reported per case, so one failure does not hide the others
-                report["errors"][case] = traceback.format_exc()
-    print(JSON_MARKER + json.dumps(report), flush=True)
-    return 0
+    cases = [
+        (f"{layer_type}/{variant}", functools.partial(_run_case, layer_type, variant))
+        for layer_type in LAYER_TYPES
+        for variant in VARIANTS
+    ]
+    return report_cases(tree, JSON_MARKER, cases)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ This file is also the script run in the tree (subprocess, `PYTHONPATH=TREE/src`)
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import functools
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +55,10 @@ def variants_tree(tmp_path_factory: pytest.TempPathFactory, peft_sdist: Path) ->
 
 
 def _run_script(tree: Path, timeout: float = 300) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PYTHONPATH"] = str(Path(tree).resolve() / "src")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    isolate = ["-P"] if sys.version_info >= (3, 11) else []
-    proc = subprocess.run(
-        [sys.executable, *isolate, str(Path(__file__).resolve()), str(Path(tree).resolve())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
-    if proc.returncode != 0 or len(lines) != 1:
-        raise RuntimeError(f"variant script failed (exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[0][len(JSON_MARKER) :])
+    """Run this file as the script in `tree` (a subprocess that imports the tree's peft only); its JSON report."""
+    from tests.parity_helpers import run_script_in_tree
+
+    return run_script_in_tree(Path(__file__), tree, JSON_MARKER, timeout=timeout, what="variant script")
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +92,6 @@ def test_peft_test_matrix_passes_for_the_variants(variants_tree: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # script side
-
-
-def _make(layer_type: str) -> tuple[Any, Any]:
-    import torch
-    from torch import nn
-
-    if layer_type == "Linear":
-        return nn.Linear(10, 12), torch.randn(6, 10)
-    if layer_type == "Embedding":
-        return nn.Embedding(20, 12), torch.randint(0, 20, (6, 7))
-    if layer_type == "Conv2d":
-        return nn.Conv2d(3, 6, (3, 2), stride=2, padding=1), torch.randn(6, 3, 9, 8)
-    raise ValueError(layer_type)
 
 
 def _canonical(layer: Any, weight: Any) -> Any:
@@ -165,28 +138,12 @@ def _run_case(variant: str, layer_type: str, workdir: Path) -> dict[str, float]:
     from peft import LoraConfig, PeftModel, get_peft_model
     from peft.tuners.lora.layer import LoraLayer
     from peft.utils import get_peft_model_state_dict
-    from torch import nn
 
-    class Net(nn.Module):
-        def __init__(self, layer: nn.Module) -> None:
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layer(x)
-
-    def diff(a: torch.Tensor, b: torch.Tensor) -> float:
-        if a.shape != b.shape:
-            raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
-        return (a.detach().double() - b.detach().double()).abs().max().item()
-
-    def only(model: nn.Module) -> Any:
-        (found,) = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        return found
+    from tests.parity_helpers import make_case, max_abs_diff, one_layer_net, only_tuner_layer
 
     torch.manual_seed(3000 + CASES.index((variant, layer_type)))
-    layer, x = _make(layer_type)
-    base = Net(layer).eval()
+    layer, x, _ = make_case(layer_type)
+    base = one_layer_net(layer).eval()
     weight0 = layer.weight.detach().clone()
     with torch.no_grad():
         base_out = base(x)
@@ -195,10 +152,10 @@ def _run_case(variant: str, layer_type: str, workdir: Path) -> dict[str, float]:
 
     identity = get_peft_model(copy.deepcopy(base), LoraConfig(**config)).eval()
     with torch.no_grad():
-        out["identity_at_init"] = diff(identity(x), base_out)
+        out["identity_at_init"] = max_abs_diff(identity(x), base_out)
 
     model = get_peft_model(copy.deepcopy(base), LoraConfig(init_lora_weights=False, **config))
-    lora_layer = only(model)
+    lora_layer = only_tuner_layer(model, LoraLayer)
     variant_cls = type(lora_layer.lora_variant["default"]).__name__
     if not variant_cls.endswith(f"{layer_type}Variant"):
         raise AssertionError(f"unexpected variant class {variant_cls}")
@@ -219,49 +176,42 @@ def _run_case(variant: str, layer_type: str, workdir: Path) -> dict[str, float]:
 
     with torch.no_grad():
         gen_out = model(x)
-        out["effect_forward"] = diff(gen_out, base_out)
+        out["effect_forward"] = max_abs_diff(gen_out, base_out)
         expected_weight = _from_canonical(layer, _expected_merged(variant, lora_layer, _canonical(layer, weight0)))
         reference = copy.deepcopy(base)
         reference.layer.weight.copy_(expected_weight)
-        out["forward"] = diff(gen_out, reference(x))
+        out["forward"] = max_abs_diff(gen_out, reference(x))
 
         model.merge_adapter()
-        out["merged_weight"] = diff(lora_layer.get_base_layer().weight, expected_weight)
-        out["merged_forward"] = diff(model(x), gen_out)
+        out["merged_weight"] = max_abs_diff(lora_layer.get_base_layer().weight, expected_weight)
+        out["merged_forward"] = max_abs_diff(model(x), gen_out)
         model.unmerge_adapter()
-        out["restored_weight"] = diff(lora_layer.get_base_layer().weight, weight0)
+        out["restored_weight"] = max_abs_diff(lora_layer.get_base_layer().weight, weight0)
 
         state = get_peft_model_state_dict(model)
         out["saved_extra_keys"] = float(sum(f"lora_{variant}_" in key for key in state))
         save_dir = workdir / f"{variant}-{layer_type}"
         model.save_pretrained(save_dir)
         reloaded = PeftModel.from_pretrained(copy.deepcopy(base), save_dir).eval()
-        out["reloaded_forward"] = diff(reloaded(x), gen_out)
+        out["reloaded_forward"] = max_abs_diff(reloaded(x), gen_out)
     return out
 
 
 def _script_main(tree: str) -> int:
     import tempfile
-    import warnings
 
-    import peft
+    from tests.parity_helpers import report_cases
 
-    peft_file = Path(peft.__file__).resolve()
-    if Path(tree).resolve() / "src" not in peft_file.parents:
-        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
-    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant, layer_type in CASES:
-            key = f"{variant}/{layer_type}"
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    report["cases"][key] = _run_case(variant, layer_type, Path(tmp))
-            except Exception:
-                report["errors"][key] = traceback.format_exc()
-    print(JSON_MARKER + json.dumps(report), flush=True)
-    return 0
+        cases = [
+            (f"{variant}/{layer_type}", functools.partial(_run_case, variant, layer_type, Path(tmp)))
+            for variant, layer_type in CASES
+        ]
+        return report_cases(tree, JSON_MARKER, cases)
 
 
 if __name__ == "__main__":
+    # run in a PEFT tree (`python -P`, PYTHONPATH=TREE/src): the repository root is not on sys.path. Append it, after
+    # the tree's src and site-packages (peft still comes from the tree), for the shared helpers of tests.parity_helpers.
+    sys.path.append(str(REPO_ROOT))
     sys.exit(_script_main(sys.argv[1]))

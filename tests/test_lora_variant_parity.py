@@ -10,11 +10,8 @@ the magnitude across anyway, and reports max absolute differences per case as JS
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import functools
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -75,21 +72,10 @@ def parity_report(dora_tree: Path) -> dict[str, Any]:
 
 
 def run_parity(tree: Path, timeout: float = 300) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PYTHONPATH"] = str(Path(tree).resolve() / "src")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    isolate = ["-P"] if sys.version_info >= (3, 11) else []
-    proc = subprocess.run(
-        [sys.executable, *isolate, str(Path(__file__).resolve()), str(Path(tree).resolve())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
-    if proc.returncode != 0 or len(lines) != 1:
-        raise RuntimeError(f"parity script failed (exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[0][len(JSON_MARKER) :])
+    """Run this file as the script in `tree` (a subprocess that imports the tree's peft only); its JSON report."""
+    from tests.parity_helpers import run_script_in_tree
+
+    return run_script_in_tree(Path(__file__), tree, JSON_MARKER, timeout=timeout)
 
 
 def test_runs_against_the_tree(parity_report: dict[str, Any], dora_tree: Path) -> None:
@@ -135,26 +121,6 @@ def test_dora_parity_on_peft_0_20(make_peft_tree: Any) -> None:
 # script side (torch and the tree's peft are imported only here)
 
 
-def _make(layer_type: str) -> tuple[Any, Any, bool]:
-    import torch
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    if layer_type == "Linear":
-        return nn.Linear(10, 12), torch.randn(6, 10), False
-    if layer_type == "Conv1D":
-        layer = Conv1D(12, 10)
-        with torch.no_grad():
-            layer.weight.normal_()
-            layer.bias.normal_()
-        return layer, torch.randn(6, 10), True
-    if layer_type == "Embedding":
-        return nn.Embedding(20, 12), torch.randint(0, 20, (6, 7)), False
-    if layer_type == "Conv2d":
-        return nn.Conv2d(3, 6, (3, 2), stride=2, padding=1), torch.randn(6, 3, 9, 8), False
-    raise ValueError(layer_type)
-
-
 def _lora(layer: Any, adapter: str) -> tuple[Any, Any]:
     if adapter in getattr(layer, "lora_embedding_A", {}):
         return layer.lora_embedding_A[adapter], layer.lora_embedding_B[adapter]
@@ -171,33 +137,17 @@ def _run_case(layer_type: str) -> dict[str, float]:
     import torch
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora.layer import LoraLayer
-    from torch import nn
 
-    class Net(nn.Module):
-        def __init__(self, layer: nn.Module) -> None:
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layer(x)
-
-    def diff(a: torch.Tensor, b: torch.Tensor) -> float:
-        if a.shape != b.shape:
-            raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
-        return (a.detach().double() - b.detach().double()).abs().max().item()
+    from tests.parity_helpers import make_case, max_abs_diff, merge_round_trip, one_layer_net, only_tuner_layer
 
     def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
         """For gradients and losses, whose scale depends on the loss: relative to max(1, largest |b|)."""
-        return diff(a, b) / max(1.0, b.detach().double().abs().max().item())
-
-    def only(model: nn.Module) -> Any:
-        (found,) = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        return found
+        return max_abs_diff(a, b) / max(1.0, b.detach().double().abs().max().item())
 
     seed = 2000 + LAYER_TYPES.index(layer_type)
     torch.manual_seed(seed)
-    layer, x, fan_in_fan_out = _make(layer_type)
-    base = Net(layer).eval()
+    layer, x, fan_in_fan_out = make_case(layer_type)
+    base = one_layer_net(layer).eval()
     base_weight = layer.weight.detach().clone()
     with torch.no_grad():
         base_out = base(x)
@@ -210,7 +160,7 @@ def _run_case(layer_type: str) -> dict[str, float]:
         peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(use_dora=True, **common))
         torch.manual_seed(seed + 1)
         gen_model = get_peft_model(copy.deepcopy(base), LoraConfig(use_refdora=True, **common))
-        return peft_model, gen_model, only(peft_model), only(gen_model)
+        return peft_model, gen_model, only_tuner_layer(peft_model, LoraLayer), only_tuner_layer(gen_model, LoraLayer)
 
     out: dict[str, float] = {}
     peft_model, gen_model, peft_layer, gen_layer = pair()
@@ -220,7 +170,7 @@ def _run_case(layer_type: str) -> dict[str, float]:
     ):
         raise AssertionError(f"unexpected variant {gen_layer.lora_variant['default']!r}")
     gen_magnitude = gen_layer.lora_refdora_magnitude["default"]
-    out["magnitude_init"] = diff(gen_magnitude, _peft_magnitude(peft_layer, "default"))
+    out["magnitude_init"] = max_abs_diff(gen_magnitude, _peft_magnitude(peft_layer, "default"))
     # copy anyway, so that the comparisons below hold whatever the initialisation
     with torch.no_grad():
         for src, dst in zip(_lora(peft_layer, "default"), _lora(gen_layer, "default")):
@@ -229,18 +179,18 @@ def _run_case(layer_type: str) -> dict[str, float]:
         # a magnitude away from the norm: the output changes even where lora_B @ lora_A is small
         _peft_magnitude(peft_layer, "default").mul_(1.5)
         gen_magnitude.mul_(1.5)
-    out["effect_magnitude"] = diff(gen_magnitude, gen_magnitude / 1.5)
+    out["effect_magnitude"] = max_abs_diff(gen_magnitude, gen_magnitude / 1.5)
 
     peft_model.eval()
     gen_model.eval()
     with torch.no_grad():
         peft_out = peft_model(x)
-        out["forward"] = diff(gen_model(x), peft_out)
-        out["forward_cached"] = diff(gen_model(x), peft_out)
-        out["effect_forward"] = diff(peft_out, base_out)
+        out["forward"] = max_abs_diff(gen_model(x), peft_out)
+        out["forward_cached"] = max_abs_diff(gen_model(x), peft_out)
+        out["effect_forward"] = max_abs_diff(peft_out, base_out)
         for model in (peft_model, gen_model):
-            _lora(only(model), "default")[1].mul_(0.5)
-        out["forward_after_update"] = diff(gen_model(x), peft_model(x))
+            _lora(only_tuner_layer(model, LoraLayer), "default")[1].mul_(0.5)
+        out["forward_after_update"] = max_abs_diff(gen_model(x), peft_model(x))
 
     peft_model.train()
     gen_model.train()
@@ -289,19 +239,10 @@ def _run_case(layer_type: str) -> dict[str, float]:
     gen_model.eval()
 
     with torch.no_grad():
-        peft_model.merge_adapter()
-        gen_model.merge_adapter()
-        peft_w, gen_w = peft_layer.get_base_layer().weight, gen_layer.get_base_layer().weight
-        out["merged_weight"] = diff(gen_w, peft_w)
-        out["effect_merged_weight"] = diff(peft_w, base_weight)
-        out["merged_forward"] = diff(gen_model(x), peft_model(x))
-        peft_model.unmerge_adapter()
-        gen_model.unmerge_adapter()
-        out["unmerged_weight"] = diff(gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight)
-        out["restored_weight"] = diff(gen_layer.get_base_layer().weight, base_weight)
+        out.update(merge_round_trip(peft_model, gen_model, peft_layer, gen_layer, x, base_weight))
         peft_unloaded = peft_model.merge_and_unload(safe_merge=True)
         gen_unloaded = gen_model.merge_and_unload(safe_merge=True)
-        out["safe_merged_weight"] = diff(gen_unloaded.layer.weight, peft_unloaded.layer.weight)
+        out["safe_merged_weight"] = max_abs_diff(gen_unloaded.layer.weight, peft_unloaded.layer.weight)
 
     if layer_type == "Linear":
         peft_model, gen_model, peft_layer, gen_layer = pair(lora_dropout=0.3)
@@ -314,7 +255,7 @@ def _run_case(layer_type: str) -> dict[str, float]:
         torch.manual_seed(7)
         peft_out = peft_model(x)
         torch.manual_seed(7)
-        out["dropout_forward"] = diff(gen_model(x), peft_out)
+        out["dropout_forward"] = max_abs_diff(gen_model(x), peft_out)
 
         # two adapters, merged one after the other
         peft_model, gen_model, peft_layer, gen_layer = pair()
@@ -333,36 +274,27 @@ def _run_case(layer_type: str) -> dict[str, float]:
             gen_model.base_model.set_adapter(["default", "other"])
             peft_model.merge_adapter()
             gen_model.merge_adapter()
-            out["two_adapters_merged_weight"] = diff(
+            out["two_adapters_merged_weight"] = max_abs_diff(
                 gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight
             )
             peft_model.unmerge_adapter()
             gen_model.unmerge_adapter()
-            out["two_adapters_unmerged_weight"] = diff(
+            out["two_adapters_unmerged_weight"] = max_abs_diff(
                 gen_layer.get_base_layer().weight, peft_layer.get_base_layer().weight
             )
     return out
 
 
 def _script_main(tree: str) -> int:
-    import warnings
+    from tests.parity_helpers import report_cases
 
-    import peft
-
-    peft_file = Path(peft.__file__).resolve()
-    if Path(tree).resolve() / "src" not in peft_file.parents:
-        raise RuntimeError(f"imported peft from {peft_file}, not from the tree {tree}")
-    report: dict[str, Any] = {"peft_file": str(peft_file), "cases": {}, "errors": {}}
-    for layer_type in LAYER_TYPES:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                report["cases"][layer_type] = _run_case(layer_type)
-        except Exception:
-            report["errors"][layer_type] = traceback.format_exc()
-    print(JSON_MARKER + json.dumps(report), flush=True)
-    return 0
+    return report_cases(
+        tree, JSON_MARKER, [(layer_type, functools.partial(_run_case, layer_type)) for layer_type in LAYER_TYPES]
+    )
 
 
 if __name__ == "__main__":
+    # run in a PEFT tree (`python -P`, PYTHONPATH=TREE/src): the repository root is not on sys.path. Append it, after
+    # the tree's src and site-packages (peft still comes from the tree), for the shared helpers of tests.parity_helpers.
+    sys.path.append(str(REPO_ROOT))
     sys.exit(_script_main(sys.argv[1]))
