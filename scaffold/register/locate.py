@@ -60,7 +60,7 @@ class ImportFrom(Scope):
 
 # A later line that can start a new top-level statement: not indented, not blank, not a comment, not a closing bracket.
 _STATEMENT_START = re.compile(r"[^\s#)\]}]")
-# Each attempt parses the head of the file; past this many, parsing the whole module is cheaper.
+# Past this many attempts at finding the statement's end, parsing the whole module is as cheap.
 _MAX_ATTEMPTS = 20
 
 
@@ -81,20 +81,21 @@ def statement_lines(source: str, scope: Scope) -> tuple[str, str, str] | None:
     start = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
     if start is None:
         return None
-    # The statement ends before the first later line that starts a statement; the first head that parses is the
-    # one that ends there (a cut inside the statement, or inside a string, is a syntax error).
+    try:
+        # Everything above is complete statements, so the matched line starts one (it is not inside a string,
+        # a bracket or a backslash continuation; at column 0 it is not inside a block either).
+        ast.parse("".join(lines[:start]))
+    except SyntaxError:
+        return None
+    # The statement ends before the first later line that can start a statement: the first such cut that parses.
     ends = (i for i in range(start + 1, len(lines) + 1) if i == len(lines) or _STATEMENT_START.match(lines[i]))
     for _, end in zip(range(_MAX_ATTEMPTS), ends):
         try:
-            module = ast.parse("".join(lines[:end]))
+            module = ast.parse("".join(lines[start:end]))
         except SyntaxError:
             continue
-        if not module.body:
-            return None
-        node = module.body[-1]
-        previous_end = module.body[-2].end_lineno if len(module.body) > 1 else 0
-        if node.lineno != start + 1 or not scope.matches(node) or previous_end == start + 1:
-            return None  # the matched line was not the statement's start (e.g. it was inside a string)
-        stop = node.end_lineno or node.lineno
+        if len(module.body) != 1 or not scope.matches(module.body[0]):
+            return None  # e.g. `NAME = 1; other()`, or `NAME = a = 1`
+        stop = start + (module.body[0].end_lineno or 1)
         return "".join(lines[:start]), "".join(lines[start:stop]), "".join(lines[stop:])
     return None

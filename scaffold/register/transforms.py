@@ -12,6 +12,7 @@ statement (see `locate`).
 
 from __future__ import annotations
 
+import ast
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ class Edit(ABC):
 
     def transform_module(self, tree: cst.Module) -> cst.Module:
         return self.transform_module_impl(tree)
+
+    def transform_statement(self, statement: str, relpath: str) -> str:
+        """The edit applied to the source of its statement (`scope`) alone."""
+        return self.transform_module(_cst.parse(statement, relpath)).code
 
     @abstractmethod
     def transform_module_impl(self, tree: cst.Module) -> cst.Module: ...
@@ -80,7 +85,7 @@ def _run_on_statements(source: str, relpath: str, edits: list[Edit]) -> str | No
         if found is None:
             return None
         before, statement, after = found
-        text = before + edit.transform_module(_cst.parse(statement, relpath)).code + after
+        text = before + edit.transform_statement(statement, relpath) + after
     return text
 
 
@@ -502,8 +507,12 @@ class AddRows(Edit):
         found = _rows(tree, self.name)
         if found is None:
             raise self.fail(f"a top-level `{self.name} = [...]` of tuples")
+        return self._add(tree, {_first_code(el) for el in found[1].elements})
+
+    def _add(self, tree: cst.Module, present: set[str | None]) -> cst.Module:
+        found = _rows(tree, self.name)
+        assert found is not None
         index, value = found
-        present = {_first_code(el) for el in value.elements}
         todo = [row for row in self.rows if _first_code(_cst.element(row)) not in present]
         for i, row in enumerate(todo):
             banner = _cst.comment_lines(value, self.banner) if i == 0 and len(todo) == len(self.rows) else []
@@ -515,6 +524,54 @@ class AddRows(Edit):
         body: list[Any] = list(tree.body)
         body[index] = _replace_value(body[index], value)
         return tree.with_changes(body=body)
+
+    def transform_statement(self, statement: str, relpath: str) -> str:
+        """Rows appended at the end change only the last row and what follows it. A list of a thousand rows
+        (TEST_CASES) is therefore edited as a window of its first and last rows, which keep the list's layout
+        (the first row's indentation, the last row's comma and the closing bracket); which rows are present is
+        read from all of them with `ast`."""
+        window = None if self.sorted_by_first else _list_window(statement)
+        if window is None:
+            return super().transform_statement(statement, relpath)
+        head, middle, tail, present = window
+        new = self._add(_cst.parse(head + tail, relpath), present).code
+        if not new.startswith(head):  # the edit reached into the first row: not a pure append after all
+            return super().transform_statement(statement, relpath)
+        return head + middle + new[len(head) :]
+
+
+def _list_window(statement: str) -> tuple[str, str, str, set[str | None]] | None:
+    """(head, middle, tail, first elements) of an assignment of a list/tuple of at least three rows, each ending
+    its line with its comma: head runs to the end of the first row, tail from the line after the next-to-last row.
+    None when the statement is not laid out so (the caller then parses it whole)."""
+    try:
+        node = ast.parse(statement).body[0]
+    except (SyntaxError, IndexError):
+        return None
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+    if not isinstance(value, (ast.List, ast.Tuple)) or len(value.elts) < 3:
+        return None
+    lines = statement.splitlines(keepends=True)
+    encoded = [line.encode() for line in lines]  # ast's column offsets count UTF-8 bytes
+    for row in (value.elts[0], value.elts[-2]):
+        end = row.end_lineno or row.lineno
+        after = encoded[end - 1][row.end_col_offset :].decode().strip()
+        if not after.startswith(",") or after[1:].strip()[:1] not in ("", "#"):
+            return None
+    firsts = [row.elts[0] for row in value.elts if isinstance(row, ast.Tuple) and row.elts]
+    if any(first.end_lineno != first.lineno for first in firsts):
+        return None
+    present = {_ast_first_code(row, encoded) for row in value.elts}
+    first_end, cut = value.elts[0].end_lineno or 0, value.elts[-2].end_lineno or 0
+    return "".join(lines[:first_end]), "".join(lines[first_end:cut]), "".join(lines[cut:]), present
+
+
+def _ast_first_code(row: ast.expr, encoded: list[bytes]) -> str | None:
+    """What `_first_code` reads from the libcst node, read from the `ast` one (a one-line first element)."""
+    if not isinstance(row, ast.Tuple) or not row.elts:
+        return None
+    first = row.elts[0]
+    return encoded[first.lineno - 1][first.col_offset : first.end_col_offset].decode()
 
 
 def _first_code(el: cst.BaseElement) -> str | None:
