@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (lint, then the suite).
 # Each creates the virtual environment it needs on first use.
 
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/peft-scaffold demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
 lint: $(STAMP)

@@ -78,7 +78,7 @@ def test_run_pytest_uses_the_trees_peft_for_a_relative_tree_path(peft_tree, monk
     from scaffold.verify import run_pytest
 
     (peft_tree / "tests" / "test_which_peft.py").write_text(
-        "import peft\n\ndef test_which():\n    assert peft.__file__.startswith(%r)\n" % str(peft_tree / "src")
+        f"import peft\n\ndef test_which():\n    assert peft.__file__.startswith({str(peft_tree / 'src')!r})\n"
     )
     monkeypatch.chdir(peft_tree.parent)
     counts = run_pytest(Path(peft_tree.name), ["tests/test_which_peft.py"], workers=1)
