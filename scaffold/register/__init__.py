@@ -168,6 +168,8 @@ def _used_prefixes(tree: PeftTree) -> dict[str, str]:
     for package in sorted(p for p in tree.tuners_dir.iterdir() if p.is_dir()):
         for py in sorted(package.rglob("*.py")):
             text = py.read_text(encoding="utf-8")
+            if "prefix" not in text:
+                continue
             for found in (*_PREFIX_ATTR.findall(text), *_PREFIX_ARG.findall(text)):
                 out.setdefault(found, package.name)
         if (package / "__init__.py").is_file():

@@ -35,6 +35,7 @@ tinylora included, are absent, and entries need method-specific kwargs. They are
 
 from __future__ import annotations
 
+import ast
 import datetime
 import re
 from abc import ABC, abstractmethod
@@ -133,10 +134,22 @@ class PeftTypeSite(Site):
 
 
 def peft_type_members(source: str) -> list[str]:
-    found = t.find_class(_cst.parse(source, PeftTypeSite.relpath), "PeftType")
-    if found is None:
+    """The member names of `class PeftType` (read with `ast`: a check, not an edit)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError as exc:
+        raise ScaffoldError(PeftTypeSite.relpath, f"is not valid Python (line {exc.lineno}: {exc.msg})") from exc
+    cls = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == "PeftType"), None)
+    if cls is None:
         raise ScaffoldError(PeftTypeSite.relpath, "expected `class PeftType(...)` with string members")
-    return [name for _, name, _ in t.enum_members(found[1])]
+    names = []
+    for node in cls.body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        if len(targets) == 1 and isinstance(targets[0], ast.Name):
+            names.append(targets[0].id)
+    return names
 
 
 # -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
@@ -217,46 +230,39 @@ LORA_MAPPING = "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
 _MAPPING = re.compile(r"^TRANSFORMERS_MODELS_TO_\w+_TARGET_MODULES_MAPPING$")
 
 
-def _lora_copy_block_end(body: Sequence[cst.CSTNode]) -> int | None:
+def _lora_copy_block_end(body: Sequence[ast.stmt]) -> int | None:
     """The last statement of PEFT's "identical to LORA" block: the run of statements, without blank lines
     between them, that starts at the first `X = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`."""
-    start = next((i for i, stmt in enumerate(body) if _is_copy_of_lora(_cst.assigned_value(stmt))), None)
+    start = next((i for i, node in enumerate(body) if _is_copy_of_lora(node)), None)
     if start is None:
         return None
     end = start
-    while end + 1 < len(body) and not getattr(body[end + 1], "leading_lines", ()):
+    while end + 1 < len(body) and body[end + 1].lineno == (body[end].end_lineno or 0) + 1:
         end += 1
     return end
 
 
-def _is_copy_of_lora(value: cst.BaseExpression | None) -> bool:
-    """`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`"""
-    if not isinstance(value, cst.Call) or not isinstance(value.func, cst.Attribute):
+def _is_copy_of_lora(node: ast.stmt) -> bool:
+    """`X = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()`"""
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+    if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Attribute):
         return False
-    owner, attr = value.func.value, value.func.attr
-    return isinstance(owner, cst.Name) and owner.value == LORA_MAPPING and attr.value == "copy"
+    owner = value.func.value
+    return isinstance(owner, ast.Name) and owner.id == LORA_MAPPING and value.func.attr == "copy"
 
 
-def _subscript_target(stmt: cst.CSTNode) -> str | None:
-    """`NAME` for a top-level `NAME[...] = ...` statement, else None."""
-    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
-        return None
-    small = stmt.body[0]
-    if not isinstance(small, cst.Assign) or len(small.targets) != 1:
-        return None
-    target = small.targets[0].target
-    if isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name):
-        return target.value.value
-    return None
-
-
-def _last_mapping(body: Sequence[cst.CSTNode]) -> int | None:
+def _last_mapping(body: Sequence[ast.stmt]) -> int | None:
     """The last top-level statement assigning to (or into) a TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING."""
     last = None
-    for i, stmt in enumerate(body):
-        name = _cst.assigned_name(stmt) or _subscript_target(stmt)
-        if name is not None and _MAPPING.match(name):
-            last = i
+    for i, node in enumerate(body):
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        for target in targets:
+            if isinstance(target, ast.Subscript):
+                target = target.value
+            if isinstance(target, ast.Name) and _MAPPING.match(target.id):
+                last = i
     return last
 
 

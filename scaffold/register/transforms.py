@@ -46,6 +46,22 @@ class Edit(ABC):
         """The edit applied to the source of its statement (`scope`) alone."""
         return self.transform_module(_cst.parse(statement, relpath)).code
 
+    def transform_source(self, source: str, relpath: str) -> str | None:
+        """The edit applied to the text, parsing only the part of it the edit reads; None when that part cannot be
+        found cheaply (`run` then hands the edit the whole module)."""
+        if self.scope is None:
+            return None
+        found = statement_lines(source, self.scope)
+        if found is None:
+            return None
+        before, statement, after = found
+        return before + self.transform_statement(statement, relpath) + after
+
+    @property
+    def reads_part(self) -> bool:
+        """Whether `transform_source` may avoid parsing the whole module."""
+        return self.scope is not None or type(self).transform_source is not Edit.transform_source
+
     @abstractmethod
     def transform_module_impl(self, tree: cst.Module) -> cst.Module: ...
 
@@ -54,39 +70,32 @@ class Edit(ABC):
 
 
 def run(source: str, relpath: str, *edits: Callable[[EditContext], Edit]) -> str:
-    """Apply the edits in order to `source`, return the new code (identical text if nothing changed)."""
+    """Apply the edits in order to `source`, return the new code (identical text if nothing changed).
+
+    An edit that reads only part of the module gets the text; a run of edits that need the whole module shares one
+    libcst parse of it.
+    """
     made = [make(EditContext(filename=relpath)) for make in edits]
-    if all(edit.scope is not None for edit in made):
-        scoped = _run_on_statements(source, relpath, made)
-        if scoped is not None:
-            return scoped
-    tree = _cst.parse(source, relpath)
-    for edit in made:
-        tree = edit.transform_module(tree)
-    return tree.code
+    text, i = source, 0
+    while i < len(made):
+        if made[i].reads_part and (new := made[i].transform_source(text, relpath)) is not None:
+            text, i = new, i + 1
+            continue
+        tree = _cst.parse(text, relpath)
+        tree, i = made[i].transform_module(tree), i + 1
+        while i < len(made) and not made[i].reads_part:
+            tree, i = made[i].transform_module(tree), i + 1
+        text = tree.code
+    return text
 
 
 def parse_statement_of(source: str, relpath: str, scope: Scope) -> cst.Module:
     """A module of just the statement `scope` matches (the whole module if it cannot be found cheaply), for reading
-    that statement with the same helpers the edits use; an empty module when it is surely not there)."""
+    that statement with the same helpers the edits use (an empty module when it is surely not there)."""
     if surely_absent(source, scope):
         return cst.Module(body=[])
     found = statement_lines(source, scope)
     return _cst.parse(found[1] if found else source, relpath)
-
-
-def _run_on_statements(source: str, relpath: str, edits: list[Edit]) -> str | None:
-    """Each edit applied to its statement alone, spliced back; None if a statement was not found cheaply (the
-    whole-module run then finds it, or reports it missing)."""
-    text = source
-    for edit in edits:
-        assert edit.scope is not None
-        found = statement_lines(text, edit.scope)
-        if found is None:
-            return None
-        before, statement, after = found
-        text = before + edit.transform_statement(statement, relpath) + after
-    return text
 
 
 # -- __all__ -----------------------------------------------------------------------------------------------------
@@ -410,14 +419,19 @@ class RemoveDocstringItem(Edit):
 
 
 class AddAssignment(Edit):
-    """Insert a top-level statement after the statement `anchor(body)` returns (an index)."""
+    """Insert a top-level statement after the statement `anchor(body)` picks (an index into the `ast` body).
+
+    `ast` finds the anchor and whether the statement is there already; only the anchor statement is handed to
+    libcst (`transform_module` gets it alone, and the new statement goes after it), so a long module is not parsed
+    twice over.
+    """
 
     def __init__(
         self,
         context: EditContext,
         name: str,
         code: str,
-        anchor: Callable[[Sequence[cst.CSTNode]], int | None],
+        anchor: Callable[[Sequence[ast.stmt]], int | None],
         anchor_description: str,
         blank_line_before: bool,
     ) -> None:
@@ -425,18 +439,33 @@ class AddAssignment(Edit):
         self.name, self.code, self.anchor = name, code, anchor
         self.anchor_description, self.blank_line_before = anchor_description, blank_line_before
 
-    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        if _cst.find_assignment(tree.body, self.name) is not None:
-            return tree
-        after = self.anchor(tree.body)
+    def transform_source(self, source: str, relpath: str) -> str:
+        try:
+            body = ast.parse(source).body
+        except SyntaxError as exc:
+            raise ScaffoldError(relpath, f"is not valid Python (line {exc.lineno}: {exc.msg})") from exc
+        if any(Assignment(self.name).matches(node) for node in body):
+            return source
+        after = self.anchor(body)
         if after is None:
             raise self.fail(self.anchor_description)
+        node, first, last = body[after], body[after].lineno, body[after].end_lineno or body[after].lineno
+        if (after > 0 and (body[after - 1].end_lineno or 0) >= first) or (
+            after + 1 < len(body) and body[after + 1].lineno <= last
+        ):
+            raise self.fail(f"{self.anchor_description} on lines of their own")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.decorator_list:
+            first = node.decorator_list[0].lineno
+        lines = source.splitlines(keepends=True)
+        anchor = _cst.parse("".join(lines[first - 1 : last]), relpath)
+        return "".join(lines[: first - 1]) + self.transform_module(anchor).code + "".join(lines[last:])
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        """`tree` is the anchor statement alone (see `transform_source`)."""
         stmt = cst.parse_statement(self.code)
         if self.blank_line_before:
             stmt = stmt.with_changes(leading_lines=[_cst.blank_line()])
-        body: list[Any] = list(tree.body)
-        _cst.insert_statement(body, after + 1, stmt)
-        return tree.with_changes(body=body)
+        return tree.with_changes(body=[*tree.body, stmt])
 
 
 class RemoveAssignment(Edit):
