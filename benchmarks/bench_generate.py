@@ -3,6 +3,7 @@
 Prints wall times (median of --repeat runs, each a fresh process) and the ratios:
 - `new SPEC --out DIR` (files only) / import peft
 - `new SPEC --peft-root TREE` (files + registration in a fresh PEFT 0.21.2 tree) / import peft  (goal < 0.15)
+- for scale: importing the libraries `new --peft-root` uses, and nothing else
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ def main() -> None:
 
     sdist = ensure_peft_sdist()
     cli = [sys.executable, "-m", "scaffold", "new", args.spec]
-    import_peft, files_only, into_tree = [], [], []
+    libraries = "import typer, typer._adapters, pydantic, jinja2, yaml, rich.console, libcst"
+    import_peft, files_only, into_tree, imports_only = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             import_peft.append(timed([sys.executable, "-c", "import peft"]))
             files_only.append(timed([*cli, "--out", f"{tmp}/out{i}"]))
             tree = copy_peft_tree(sdist, Path(tmp) / f"tree{i}")
             into_tree.append(timed([*cli, "--peft-root", str(tree)]))
+            imports_only.append(timed([sys.executable, "-c", libraries]))
 
     base = statistics.median(import_peft)
     rows = [
         ("python -c 'import peft'", base),
         ("new --out (files only)", statistics.median(files_only)),
         ("new --peft-root (files + registration)", statistics.median(into_tree)),
+        ("  of which library imports, at least", statistics.median(imports_only)),
     ]
     print(f"{'command':<42} {'median s':>9} {'ratio':>7}")
     for label, seconds in rows:

@@ -231,11 +231,11 @@ def dispatched_types(source: str) -> list[str]:
 def plan_registration(changeset: ChangeSet, reg: LayerRegistration) -> list[str]:
     """Stack both registry edits into `changeset`; return one note per site."""
     notes = []
-    for rel, codemods in _sites(reg, add=True):
+    for rel, edits in _sites(reg, add=True):
         before = changeset.read(rel)
         if before is None:
             raise ScaffoldError(rel, "missing; expected in a PEFT source tree")
-        after = run(before, rel, *codemods)
+        after = run(before, rel, *edits)
         if after != before:
             changeset.write(rel, after)
         notes.append(f"{_SITE_NAMES[rel]} ({rel}): {'changed' if after != before else 'already registered'}")
@@ -244,12 +244,12 @@ def plan_registration(changeset: ChangeSet, reg: LayerRegistration) -> list[str]
 
 def plan_unregistration(changeset: ChangeSet, reg: LayerRegistration) -> list[str]:
     notes = []
-    for rel, codemods in reversed(_sites(reg, add=False)):
+    for rel, edits in reversed(_sites(reg, add=False)):
         before = changeset.read(rel)
         if before is None:
             notes.append(f"{_SITE_NAMES[rel]} ({rel}): not registered")
             continue
-        after = run(before, rel, *codemods)
+        after = run(before, rel, *edits)
         if after != before:
             changeset.write(rel, after)
         notes.append(f"{_SITE_NAMES[rel]} ({rel}): {'removed' if after != before else 'not registered'}")
