@@ -33,6 +33,9 @@ class EditContext:
 
 
 class Edit(ABC):
+    """One edit of a module. Subclasses implement `transform_module_impl`; those that read only part of the module
+    set `scope` (one statement) or override `transform_source`."""
+
     # The top-level statement the edit reads and changes, when it is confined to one (None: the whole module).
     scope: Scope | None = None
 
