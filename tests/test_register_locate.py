@@ -15,7 +15,7 @@ from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
 from scaffold.register.locate import Assignment, ImportFrom, statement_lines, surely_absent
-from scaffold.register.sites import LORA_MAPPING, ConstantsSite
+from scaffold.register.sites import LORA_MAPPING, ConstantsSite, _RemoveUnusedImport
 from tests.conftest import fake_registration
 
 
@@ -177,3 +177,19 @@ print(sorted(m for m in ("libcst.matchers", "libcst.codemod", "ruamel.yaml") if 
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_removal_edits_narrow_too(peft_sdist):
+    """`remove` reads only the statements it edits, and still equals the whole-module edit."""
+    relpath = "tests/test_custom_models.py"
+    source = read_text(peft_sdist / relpath)
+    add = PEFT_FILES[relpath]
+    added = t.run(source, relpath, *add)
+    remove = [
+        partial(t.RemoveRows, name="TEST_CASES", position=2, cls="AaaConfig", banner=t.banner("Aaa")),
+        partial(t.RemoveRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", position=2, cls="AaaConfig"),
+        partial(_RemoveUnusedImport, names=["AaaConfig"]),
+    ]
+    made = [make(t.EditContext(relpath)) for make in remove]
+    assert all(edit.reads_part for edit in made)
+    assert t.run(added, relpath, *remove) == whole_module(added, relpath, *remove) == source

@@ -41,7 +41,6 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import libcst as cst
 
@@ -363,14 +362,20 @@ class ReexportSite(Site):
 class _RemoveUnusedImport(t.Edit):
     """Drop `names` from `from peft import (...)` when nothing else in the module uses them."""
 
-    def __init__(self, context: Any, names: Sequence[str]) -> None:
+    def __init__(self, context: t.EditContext, names: Sequence[str]) -> None:
         super().__init__(context)
         self.names = names
 
-    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        code = tree.code  # counting in the text is much faster than matching every Name node of a big module
+    def _removal(self, code: str) -> t.RemoveImportedNames:
+        # counting in the text is much faster than matching every Name node of a big module
         unused = [n for n in self.names if len(re.findall(rf"\b{re.escape(n)}\b", code)) <= 1]
-        return t.RemoveImportedNames(self.context, 0, "peft", unused).transform_module_impl(tree)
+        return t.RemoveImportedNames(self.context, 0, "peft", unused)
+
+    def transform_source(self, source: str, relpath: str) -> str | None:
+        return self._removal(source).transform_source(source, relpath)
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        return self._removal(tree.code).transform_module_impl(tree)
 
 
 class TestConfigSite(Site):
