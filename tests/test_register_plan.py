@@ -6,7 +6,10 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -219,6 +222,60 @@ def test_unreadable_manifest_is_an_error(peft_tree: Path):
     (peft_tree / manifest_path("mysuper")).write_text("{not json")
     with pytest.raises(ScaffoldError, match="unreadable peft-scaffold manifest"):
         read_manifest(peft_tree, "mysuper")
+
+
+def _manifest_of_kind(kind: str) -> tuple[Any, str, ModuleType]:
+    """A valid manifest of each spec kind (as its generator writes it), its name, and the module that reads it."""
+    from scaffold.extensions.lora_layer import register as layer
+    from scaffold.extensions.lora_variant import generate as variant
+    from scaffold.extensions.lora_variant import sites as variant_sites
+    from scaffold.register import manifest as tuner
+
+    files = {"src/peft/tuners/x/generated.py": "0" * 64}
+    if kind == "tuner":
+        return tuner.Manifest("supertuning", "1" * 64, fake_registration(), files), "supertuning", tuner
+    if kind == "lora_variant":
+        mapping = (("Linear", "MyVarLinear"),)
+        reg = variant_sites.VariantRegistration(
+            "myvar", "use_myvar", "use_myvar: bool = False\n", "", mapping, (), (), ()
+        )
+        return variant.VariantManifest("myvar", "1" * 64, reg, files), "myvar", variant
+    reg_layer = layer.LayerRegistration("mylayer", "MyLayer", "torch.nn.Bilinear")
+    return layer.LayerManifest(reg_layer, "1" * 64, files), "mylayer", layer
+
+
+_CORRUPTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "not json": lambda good: "{not json",
+    "not an object": lambda good: "[]",
+    "missing key": lambda good: json.dumps({k: v for k, v in good.items() if k != "files"}),
+    "wrong type": lambda good: json.dumps({**good, "files": 3}),
+    "other format": lambda good: json.dumps({**good, "format": 99}),
+    "other tool": lambda good: json.dumps({**good, "tool": "x"}),
+    "other kind": lambda good: json.dumps({**good, "kind": "x"}),
+}
+
+
+@pytest.mark.parametrize("kind", ["tuner", "lora_variant", "lora_layer"])
+@pytest.mark.parametrize("how", list(_CORRUPTIONS))
+def test_every_kind_reads_its_manifest_and_names_it_when_unreadable(tmp_path: Path, kind: str, how: str):
+    """The three spec kinds share one reader: a good manifest reads back as written; a corrupt one is one
+    `ScaffoldError` line naming the manifest's path, never a traceback."""
+    manifest, name, module = _manifest_of_kind(kind)
+    rel = module.manifest_path(name)
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    good = manifest.to_json()
+    path.write_text(good)
+    assert module.read_manifest(tmp_path, name) == manifest
+    path.write_text(_CORRUPTIONS[how](json.loads(good)))
+    if how == "other kind" and kind == "tuner":  # tuner manifests have no `kind` key: one there is ignored
+        assert module.read_manifest(tmp_path, name) == manifest
+        return
+    with pytest.raises(ScaffoldError) as excinfo:
+        module.read_manifest(tmp_path, name)
+    message = str(excinfo.value)
+    assert message.startswith(f"{rel}: unreadable peft-scaffold manifest (")
+    assert "\n" not in message
 
 
 # -- collisions ----------------------------------------------------------------------------------------------------

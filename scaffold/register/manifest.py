@@ -13,6 +13,10 @@ It lives inside the generated package (so it goes away with it) and holds:
 
 `files` lists every file the generator created (not the registry edits: those are undone by the sites' inverse
 transforms). A file whose hash no longer matches was edited since generation; `remove` refuses unless forced.
+
+The other spec kinds (`lora_variant`, `lora_layer`) keep manifests of the same shape under their own paths, with a
+`kind` key and their own registration fields; all three hash, read and check files with the helpers here
+(`hash_generated`, `load_manifest`, `changed_files`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet, read_text, read_view
+from scaffold.changeset import ChangeSet, read_view
 from scaffold.errors import ScaffoldError
 from scaffold.register.method import MethodRegistration
 from scaffold.register.tree import PeftTree
@@ -34,6 +38,9 @@ from scaffold.register.tree import PeftTree
 
 MANIFEST_NAME = ".peft-scaffold.json"
 FORMAT = 1
+TOOL = "peft-scaffold"
+
+T = TypeVar("T")
 
 
 def manifest_path(name: str) -> str:
@@ -42,6 +49,59 @@ def manifest_path(name: str) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- shared by the three spec kinds ----------------------------------------------------------------------------------
+
+
+def hash_generated(changeset: ChangeSet, rels: Iterable[str], where: str | Path) -> dict[str, str]:
+    """{relpath: sha256} of the generated files `rels` as the change set holds them. A listed file the change set
+    does not have is an error (the work failed, exit 1) naming it and `where` (the tree)."""
+    hashes = {}
+    for rel in rels:
+        text = changeset.read(rel)
+        if text is None:
+            raise ScaffoldError(rel, f"listed as generated but missing from {where}", 1)
+        hashes[rel] = sha256_text(text)
+    return hashes
+
+
+def load_manifest(
+    root: Path | ChangeSet,
+    rel: str,
+    build: Callable[[dict[str, Any]], T],
+    *,
+    kind: str | None,
+    format_version: int = FORMAT,
+) -> T | None:
+    """The manifest at `rel` (from disk, or the pending view of a change set), as `build` makes it from the JSON
+    object; None if there is no such file. The object must be a peft-scaffold manifest of `format_version`, and of
+    `kind` unless that is None (tuner manifests have no `kind` key). Anything unreadable, including a key `build`
+    misses or a value of the wrong type, is one `ScaffoldError` naming `rel`."""
+    text = read_view(root, rel)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != format_version or data.get("tool") != TOOL:
+            raise ValueError(f"unknown manifest format {data.get('format')!r}")
+        if kind is not None and data.get("kind") != kind:
+            raise ValueError(f"not a {kind} manifest (kind {data.get('kind')!r})")
+        return build(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ScaffoldError(rel, f"unreadable peft-scaffold manifest ({exc})") from exc
+
+
+def changed_files(root: Path | ChangeSet, files: Mapping[str, str]) -> list[str]:
+    """Of `files` ({relpath: sha256}), those changed or deleted since they were hashed, sorted."""
+    out = []
+    for rel, digest in sorted(files.items()):
+        text = read_view(root, rel)
+        if text is None or sha256_text(text) != digest:
+            out.append(rel)
+    return out
 
 
 @dataclass(frozen=True)
@@ -59,7 +119,7 @@ class Manifest:
     def to_json(self) -> str:
         data = {
             "format": FORMAT,
-            "tool": "peft-scaffold",
+            "tool": TOOL,
             "tool_version": self.tool_version,
             "name": self.name,
             "spec_hash": self.spec_hash,
@@ -78,12 +138,7 @@ def write_manifest(
     page = f"docs/source/package_reference/{reg.name}.md"
     if page not in rels and any(c.relpath == page and c.action == "create" for c in changeset.changes):
         rels.append(page)
-    hashes = {}
-    for rel in rels:
-        content = changeset.read(rel)
-        if content is None:
-            raise ScaffoldError(rel, f"listed as generated but missing from {tree.root}", 1)
-        hashes[rel] = sha256_text(content)
+    hashes = hash_generated(changeset, rels, tree.root)
     manifest = Manifest(name=reg.name, spec_hash=spec_hash, registration=reg, files=hashes)
     changeset.write(manifest.relpath, manifest.to_json())
     return manifest
@@ -91,37 +146,22 @@ def write_manifest(
 
 def read_manifest(root: Path | ChangeSet, name: str) -> Manifest | None:
     """The manifest of method `name` (from disk, or the pending view of a change set); None if there is none."""
-    rel = manifest_path(name)
-    text = read_view(root, rel)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        if data.get("format") != FORMAT or data.get("tool") != "peft-scaffold":
-            raise ValueError(f"unknown manifest format {data.get('format')!r}")
-        return Manifest(
-            name=data["name"],
-            spec_hash=data["spec_hash"],
-            registration=_registration_from_data(data["registration"]),
-            files=dict(data["files"]),
-            tool_version=data.get("tool_version", ""),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ScaffoldError(rel, f"unreadable peft-scaffold manifest ({exc})") from exc
+    return load_manifest(root, manifest_path(name), _manifest_from_data, kind=None)
+
+
+def _manifest_from_data(data: dict[str, Any]) -> Manifest:
+    return Manifest(
+        name=data["name"],
+        spec_hash=data["spec_hash"],
+        registration=_registration_from_data(data["registration"]),
+        files=dict(data["files"]),
+        tool_version=data.get("tool_version", ""),
+    )
 
 
 def edited_files(root: Path | ChangeSet, manifest: Manifest) -> list[str]:
     """Generated files that were changed or deleted since generation."""
-    out = []
-    for rel, digest in sorted(manifest.files.items()):
-        if isinstance(root, ChangeSet):
-            text = root.read(rel)
-        else:
-            path = Path(root) / rel
-            text = read_text(path) if path.is_file() else None
-        if text is None or sha256_text(text) != digest:
-            out.append(rel)
-    return out
+    return changed_files(root, manifest.files)
 
 
 def _registration_to_data(reg: MethodRegistration) -> dict[str, Any]:

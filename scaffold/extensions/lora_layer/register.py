@@ -24,14 +24,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import libcst as cst
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet, read_view
+from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
-from scaffold.register.manifest import sha256_text
+from scaffold.register.manifest import TOOL, changed_files, hash_generated, load_manifest
 from scaffold.register.transforms import (
     AddPackageImport,
     AddToDunderAll,
@@ -332,7 +333,7 @@ class LayerManifest:
         reg = self.registration
         data = {
             "format": FORMAT,
-            "tool": "peft-scaffold",
+            "tool": TOOL,
             "tool_version": self.tool_version,
             "kind": KIND,
             "name": reg.name,
@@ -346,35 +347,19 @@ class LayerManifest:
 
 
 def write_manifest(changeset: ChangeSet, reg: LayerRegistration, files: list[str], spec_hash: str) -> LayerManifest:
-    hashes = {}
-    for rel in files:
-        text = changeset.read(rel)
-        if text is None:
-            raise ScaffoldError(rel, "listed as generated but missing", 1)
-        hashes[rel] = sha256_text(text)
-    manifest = LayerManifest(reg, spec_hash, hashes)
+    manifest = LayerManifest(reg, spec_hash, hash_generated(changeset, files, changeset.root))
     changeset.write(manifest.relpath, manifest.to_json())
     return manifest
 
 
 def read_manifest(root: Path | ChangeSet, name: str) -> LayerManifest | None:
-    rel = manifest_path(name)
-    text = read_view(root, rel)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        if data.get("format") != FORMAT or data.get("tool") != "peft-scaffold" or data.get("kind") != KIND:
-            raise ValueError("unknown manifest format")
-        reg = LayerRegistration(name=data["name"], class_name=data["class_name"], base_path=data["base_layer"])
-        return LayerManifest(reg, data["spec_hash"], dict(data["files"]), data.get("tool_version", ""))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ScaffoldError(rel, f"unreadable peft-scaffold manifest ({exc})") from exc
+    return load_manifest(root, manifest_path(name), _manifest_from_data, kind=KIND, format_version=FORMAT)
+
+
+def _manifest_from_data(data: dict[str, Any]) -> LayerManifest:
+    reg = LayerRegistration(name=data["name"], class_name=data["class_name"], base_path=data["base_layer"])
+    return LayerManifest(reg, data["spec_hash"], dict(data["files"]), data.get("tool_version", ""))
 
 
 def edited_files(changeset: ChangeSet, manifest: LayerManifest) -> list[str]:
-    return [
-        rel
-        for rel, digest in sorted(manifest.files.items())
-        if (text := changeset.read(rel)) is None or sha256_text(text) != digest
-    ]
+    return changed_files(changeset, manifest.files)

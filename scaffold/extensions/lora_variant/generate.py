@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from scaffold import __version__
-from scaffold.changeset import ChangeSet, read_view
+from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
 from scaffold.extensions.lora_variant import sites
 from scaffold.extensions.lora_variant.plan import VariantPlan, build_plan
 from scaffold.extensions.lora_variant.spec import LoraVariantSpec
 from scaffold.register import _cst
+from scaffold.register.manifest import TOOL, changed_files, hash_generated, load_manifest
+from scaffold.register.manifest import sha256_text as sha256_text
 
 
 MANIFEST_FORMAT = 1
+KIND = "lora_variant"
 LORA_DIR = "src/peft/tuners/lora"
 
 # PEFT's test models (tests/test_custom_models.py) per LoRA layer class: (description, model id, target modules).
@@ -148,8 +151,8 @@ class VariantManifest:
     def to_json(self) -> str:
         data = {
             "format": MANIFEST_FORMAT,
-            "tool": "peft-scaffold",
-            "kind": "lora_variant",
+            "tool": TOOL,
+            "kind": KIND,
             "tool_version": self.tool_version,
             "name": self.name,
             "spec_hash": self.spec_hash,
@@ -159,32 +162,22 @@ class VariantManifest:
         return json.dumps(data, indent=2) + "\n"
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def read_manifest(root: Path | ChangeSet, name: str) -> VariantManifest | None:
-    rel = manifest_path(name)
-    text = read_view(root, rel)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        if data.get("format") != MANIFEST_FORMAT or data.get("kind") != "lora_variant":
-            raise ValueError(f"unknown manifest format {data.get('format')!r}")
-        return VariantManifest(
-            name=data["name"],
-            spec_hash=data["spec_hash"],
-            registration=sites.VariantRegistration.from_data(data["registration"]),
-            files=dict(data["files"]),
-            tool_version=data.get("tool_version", ""),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ScaffoldError(rel, f"unreadable peft-scaffold manifest ({exc})") from exc
+    return load_manifest(root, manifest_path(name), _manifest_from_data, kind=KIND, format_version=MANIFEST_FORMAT)
+
+
+def _manifest_from_data(data: dict[str, Any]) -> VariantManifest:
+    return VariantManifest(
+        name=data["name"],
+        spec_hash=data["spec_hash"],
+        registration=sites.VariantRegistration.from_data(data["registration"]),
+        files=dict(data["files"]),
+        tool_version=data.get("tool_version", ""),
+    )
 
 
 def edited_files(changeset: ChangeSet, manifest: VariantManifest) -> list[str]:
-    return [rel for rel, digest in sorted(manifest.files.items()) if sha256_text(changeset.read(rel) or "") != digest]
+    return changed_files(changeset, manifest.files)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -330,7 +323,7 @@ def generate_into_tree(spec: LoraVariantSpec, spec_path: Path, peft_root: Path, 
         name=plan.name,
         spec_hash=spec_hash(spec_path),
         registration=reg,
-        files={module_path(plan.name): sha256_text(module)},
+        files=hash_generated(changeset, [module_path(plan.name)], changeset.root),
     )
     changeset.write(manifest_path(plan.name), manifest.to_json())
     return plan, changeset, notes
