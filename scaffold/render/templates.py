@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
+import jinja2.bccache
 
 from scaffold.peft_source import default_cache_dir
 from scaffold.resources import resource_dir
@@ -16,15 +17,24 @@ def template_dir() -> Path:
     return resource_dir("templates")
 
 
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Compiled templates, kept between runs: compiling them is a third of the time `new` takes. Entries carry a
+    checksum of the template's source, so an edited or overriding template is compiled afresh."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass  # a cache we cannot write to (full disk, another user's directory) only costs speed
+
+
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled templates, kept between runs: compiling them is a third of the time `new` takes. Entries are keyed
-    by the template's source, so an edited or overriding template is compiled afresh."""
     directory = default_cache_dir() / "jinja2"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None  # a read-only home: compile every time
-    return jinja2.FileSystemBytecodeCache(str(directory))
+    return _BytecodeCache(str(directory))
 
 
 @cache
