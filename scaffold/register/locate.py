@@ -1,11 +1,11 @@
 """Find one top-level statement of a module without parsing the whole module.
 
 Most registry edits change one statement (`__all__`, a `from x import (...)`, a `TEST_CASES` list). libcst needs a
-second to parse the 8000 lines of tests/test_custom_models.py and half a second more to print them; an edit confined
-to one statement only needs that statement's lines. `statement_lines` finds them: a regular expression proposes the
-first line, and `ast` (C-fast) confirms it on the file's head, up to the end of the statement, so that a look-alike
-line inside a string or a nested block is never taken for it. Anything unusual (two statements on a line, a first
-match that is not the statement) returns None, and the caller parses the whole module instead.
+second to parse the 8000 lines of tests/test_custom_models.py, and more to print them again; an edit confined to one
+statement only needs that statement's lines. `statement_lines` finds them: a regular expression proposes the first
+line; `ast` (C-fast) checks that the lines above it are complete statements, so that a look-alike line inside a
+string or a bracket is never taken for it, and finds where the statement ends. Anything unusual (two statements on a
+line, a first match that is not the statement) returns None, and the caller parses the whole module instead.
 """
 
 from __future__ import annotations
