@@ -83,3 +83,37 @@ def test_run_pytest_uses_the_trees_peft_for_a_relative_tree_path(peft_tree, monk
     monkeypatch.chdir(peft_tree.parent)
     counts = run_pytest(Path(peft_tree.name), ["tests/test_which_peft.py"], workers=1)
     assert counts.passed == 1 and counts.failed == 0, counts.output_tail
+
+
+def test_entry_point_exits_fast_without_losing_output_or_exit_codes(peft_tree):
+    """`main` ends the process with `os._exit` (no interpreter teardown): what it printed must all arrive, and the
+    exit codes must be the commands' own."""
+    import os
+    import subprocess
+    import sys
+
+    repo = SPEC.parent.parent
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+
+    def entry_point(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "scaffold", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=repo, env=buffered)
+
+    args = ["new", str(SPEC), "--peft-root", str(peft_tree), "--dry-run"]
+    dry = entry_point(*args)
+    in_process = runner.invoke(app, args)
+    assert dry.returncode == in_process.exit_code == 0
+    assert len(dry.stdout) > 50_000  # the whole diff: every generated file and registry edit
+    assert dry.stdout == in_process.stdout
+
+    done = entry_point("new", str(SPEC), "--peft-root", str(peft_tree), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "reflora"
+    assert (peft_tree / "src/peft/tuners/reflora/layer.py").is_file()
+
+    small = entry_point("check", str(SPEC), "--json")  # less than a pipe buffer: written only by the final flush
+    assert small.returncode == 0 and json.loads(small.stdout)["name"] == "reflora"
+
+    assert entry_point("remove", "nosuchmethod", "--peft-root", str(peft_tree)).returncode == 2
+    assert entry_point("doctor", "--peft-root", str(peft_tree), "reflora").returncode == 0
+    assert entry_point("no-such-command").returncode == 2  # click's usage error
