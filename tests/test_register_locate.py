@@ -35,9 +35,11 @@ def whole_module(source: str, relpath: str, *edits: partial[t.Edit]) -> str:
 
 def test_statement_lines_splits_exactly_at_the_statement():
     source = 'import os\n\n# the exports\n__all__ = [\n    "a",  # first\n    "b",\n]  # done\n\nx = 1\n'
-    before, statement, after = statement_lines(source, Assignment("__all__")) or ("", "", "")
-    assert statement == '__all__ = [\n    "a",  # first\n    "b",\n]  # done\n'
-    assert before == "import os\n\n# the exports\n" and after == "\nx = 1\n"
+    found = statement_lines(source, Assignment("__all__"))
+    assert found is not None
+    assert found.text == '__all__ = [\n    "a",  # first\n    "b",\n]  # done\n'
+    assert found.before == "import os\n\n# the exports\n" and found.after == "\nx = 1\n"
+    assert found.node.lineno == 1 and found.node.end_lineno == 4  # positions count from the statement's start
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import ast
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Scope(ABC):
@@ -70,12 +71,16 @@ def surely_absent(source: str, scope: Scope) -> bool:
     return not any(pattern.match(line) for line in source.splitlines())
 
 
-def statement_lines(source: str, scope: Scope) -> tuple[str, str, str] | None:
-    """(text before, the statement's lines, text after) for the first top-level statement `scope` matches.
+class Located(NamedTuple):
+    before: str
+    text: str  # the statement's lines, from the start of its first line to the end of its last (trailing comment too)
+    after: str
+    node: ast.stmt  # its `ast`, positions counted from the start of `text`
 
-    The statement's lines run from the start of its first line to the end of its last one (a trailing comment
-    included). None when there is no such statement or it shares a line with another statement.
-    """
+
+def statement_lines(source: str, scope: Scope) -> Located | None:
+    """The first top-level statement `scope` matches, and the text around it. None when there is no such statement
+    or it shares a line with another statement."""
     lines = source.splitlines(keepends=True)
     pattern = scope.first_line()
     start = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
@@ -96,6 +101,7 @@ def statement_lines(source: str, scope: Scope) -> tuple[str, str, str] | None:
             continue
         if len(module.body) != 1 or not scope.matches(module.body[0]):
             return None  # e.g. `NAME = 1; other()`, or `NAME = a = 1`
-        stop = start + (module.body[0].end_lineno or 1)
-        return "".join(lines[:start]), "".join(lines[start:stop]), "".join(lines[stop:])
+        node = module.body[0]
+        stop = start + (node.end_lineno or 1)
+        return Located("".join(lines[:start]), "".join(lines[start:stop]), "".join(lines[stop:]), node)
     return None

@@ -22,7 +22,7 @@ import libcst as cst
 
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
-from scaffold.register.locate import Assignment, ImportFrom, Scope, statement_lines, surely_absent
+from scaffold.register.locate import Assignment, ImportFrom, Located, Scope, statement_lines, surely_absent
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ class Edit(ABC):
     def transform_module(self, tree: cst.Module) -> cst.Module:
         return self.transform_module_impl(tree)
 
-    def transform_statement(self, statement: str, relpath: str) -> str:
+    def transform_statement(self, found: Located, relpath: str) -> str:
         """The edit applied to the source of its statement (`scope`) alone."""
-        return self.transform_module(_cst.parse(statement, relpath)).code
+        return self.transform_module(_cst.parse(found.text, relpath)).code
 
     def transform_source(self, source: str, relpath: str) -> str | None:
         """The edit applied to the text, parsing only the part of it the edit reads; None when that part cannot be
@@ -57,8 +57,7 @@ class Edit(ABC):
         found = statement_lines(source, self.scope)
         if found is None:
             return None
-        before, statement, after = found
-        return before + self.transform_statement(statement, relpath) + after
+        return found.before + self.transform_statement(found, relpath) + found.after
 
     @property
     def reads_part(self) -> bool:
@@ -98,7 +97,7 @@ def parse_statement_of(source: str, relpath: str, scope: Scope) -> cst.Module:
     if surely_absent(source, scope):
         return cst.Module(body=[])
     found = statement_lines(source, scope)
-    return _cst.parse(found[1] if found else source, relpath)
+    return _cst.parse(found.text if found else source, relpath)
 
 
 # -- __all__ -----------------------------------------------------------------------------------------------------
@@ -557,29 +556,25 @@ class AddRows(Edit):
         body[index] = _replace_value(body[index], value)
         return tree.with_changes(body=body)
 
-    def transform_statement(self, statement: str, relpath: str) -> str:
+    def transform_statement(self, found: Located, relpath: str) -> str:
         """Rows appended at the end change only the last row and what follows it. A list of a thousand rows
         (TEST_CASES) is therefore edited as a window of its first and last rows, which keep the list's layout
         (the first row's indentation, the last row's comma and the closing bracket); which rows are present is
         read from all of them with `ast`."""
-        window = None if self.sorted_by_first else _list_window(statement)
+        window = None if self.sorted_by_first else _list_window(found.text, found.node)
         if window is None:
-            return super().transform_statement(statement, relpath)
+            return super().transform_statement(found, relpath)
         head, middle, tail, present = window
         new = self._add(_cst.parse(head + tail, relpath), present).code
         if not new.startswith(head):  # the edit reached into the first row: not a pure append after all
-            return super().transform_statement(statement, relpath)
+            return super().transform_statement(found, relpath)
         return head + middle + new[len(head) :]
 
 
-def _list_window(statement: str) -> tuple[str, str, str, set[str | None]] | None:
-    """(head, middle, tail, first elements) of an assignment of a list/tuple of at least three rows, each ending
-    its line with its comma: head runs to the end of the first row, tail from the line after the next-to-last row.
-    None when the statement is not laid out so (the caller then parses it whole)."""
-    try:
-        node = ast.parse(statement).body[0]
-    except (SyntaxError, IndexError):
-        return None
+def _list_window(statement: str, node: ast.stmt) -> tuple[str, str, str, set[str | None]] | None:
+    """(head, middle, tail, first elements) of an assignment (`node`, parsed from `statement`) of a list/tuple of at
+    least three rows, each ending its line with its comma: head runs to the end of the first row, tail from the line
+    after the next-to-last row. None when the statement is not laid out so (the caller then parses it whole)."""
     value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
     if not isinstance(value, (ast.List, ast.Tuple)) or len(value.elts) < 3:
         return None
