@@ -39,10 +39,15 @@ class Assignment(Scope):
         return re.compile(rf"{re.escape(self.name)}\s*(:[^=\n]*)?=(?!=)")
 
     def matches(self, node: ast.stmt) -> bool:
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-            return len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == self.name
-        return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == self.name
+        targets = assigned_targets(node)
+        return len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == self.name
+
+
+def assigned_targets(node: ast.stmt) -> list[ast.expr]:
+    """The targets of an assignment statement (`a = b = 1`, `a: int = 1`); none for other statements."""
+    if isinstance(node, ast.Assign):
+        return list(node.targets)
+    return [node.target] if isinstance(node, ast.AnnAssign) else []
 
 
 @dataclass(frozen=True)

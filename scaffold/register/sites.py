@@ -47,7 +47,7 @@ import libcst as cst
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
-from scaffold.register.locate import Assignment
+from scaffold.register.locate import Assignment, assigned_targets
 from scaffold.register.method import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register.tree import PeftTree
 
@@ -141,14 +141,8 @@ def peft_type_members(source: str) -> list[str]:
     cls = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == "PeftType"), None)
     if cls is None:
         raise ScaffoldError(PeftTypeSite.relpath, "expected `class PeftType(...)` with string members")
-    names = []
-    for node in cls.body:
-        targets = (
-            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        )
-        if len(targets) == 1 and isinstance(targets[0], ast.Name):
-            names.append(targets[0].id)
-    return names
+    targets = [assigned_targets(node) for node in cls.body]
+    return [found[0].id for found in targets if len(found) == 1 and isinstance(found[0], ast.Name)]
 
 
 # -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
@@ -254,10 +248,7 @@ def _last_mapping(body: Sequence[ast.stmt]) -> int | None:
     """The last top-level statement assigning to (or into) a TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING."""
     last = None
     for i, node in enumerate(body):
-        targets = (
-            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        )
-        for target in targets:
+        for target in assigned_targets(node):
             if isinstance(target, ast.Subscript):
                 target = target.value
             if isinstance(target, ast.Name) and _MAPPING.match(target.id):
