@@ -47,7 +47,7 @@ import libcst as cst
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
-from scaffold.register.locate import Assignment, assigned_targets
+from scaffold.register.locate import assigned_targets
 from scaffold.register.method import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register.tree import PeftTree
 
@@ -402,9 +402,7 @@ class TestConfigSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        tree = t.parse_statement_of(source, self.relpath, Assignment("ALL_CONFIG_CLASSES"))
-        count = t.row_count(tree, "ALL_CONFIG_CLASSES", 0, method.config_cls)
-        return bool(count)
+        return t.has_row(source, self.relpath, "ALL_CONFIG_CLASSES", 0, method.config_cls)
 
 
 # Methods with a target-module mapping that PEFT deliberately leaves out of the custom-model TEST_CASES.
@@ -456,8 +454,7 @@ class TestCustomModelsSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        tree = t.parse_statement_of(source, self.relpath, Assignment("TEST_CASES"))
-        return bool(t.row_count(tree, "TEST_CASES", 2, method.config_cls))
+        return t.has_row(source, self.relpath, "TEST_CASES", 2, method.config_cls)
 
 
 class TestMultipleAdaptersSite(Site):
@@ -499,9 +496,7 @@ class TestMultipleAdaptersSite(Site):
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
             return False
-        name = "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES"
-        tree = t.parse_statement_of(source, self.relpath, Assignment(name))
-        return bool(t.row_count(tree, name, 2, method.config_cls))
+        return t.has_row(source, self.relpath, "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2, method.config_cls)
 
 
 # -- 8. docs ---------------------------------------------------------------------------------------------------------

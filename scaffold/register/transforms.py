@@ -508,11 +508,11 @@ def row_mentions(el: cst.BaseElement, position: int, name: str) -> bool:
     return isinstance(cell, cst.Name) and cell.value == name
 
 
-def row_count(tree: cst.Module, name: str, position: int, cls: str) -> int | None:
-    found = _rows(tree, name)
-    if found is None:
-        return None
-    return sum(row_mentions(el, position, cls) for el in found[1].elements)
+def has_row(source: str, relpath: str, name: str, position: int, cls: str) -> bool:
+    """Whether the top-level list `name` has a row whose element `position` is the name `cls` (only that
+    statement is parsed)."""
+    found = _rows(parse_statement_of(source, relpath, Assignment(name)), name)
+    return found is not None and any(row_mentions(el, position, cls) for el in found[1].elements)
 
 
 class AddRows(Edit):
