@@ -93,6 +93,14 @@ def new(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change as a diff; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files generated from a different spec.")] = False,
+    templates: Annotated[
+        Path | None,
+        typer.Option(
+            "--templates",
+            help="A directory of templates that shadow the built-in ones of the same relative path "
+            "(e.g. _header.j2 for your licence header, tuner/layer.py.j2); all others are the built-in ones.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Generate the method described by SPEC.
@@ -105,12 +113,14 @@ def new(
 
     if (peft_root is None) == (out_dir is None):
         raise ScaffoldError("new", "give exactly one of --peft-root DIR or --out DIR")
+    if templates is not None and not templates.is_dir():
+        raise ScaffoldError(str(templates), "--templates must be a directory of jinja2 templates")
     if peft_root is not None:
-        generation = pipeline.generate_into_tree(spec, peft_root, force=force)
+        generation = pipeline.generate_into_tree(spec, peft_root, force=force, templates=templates)
         root = peft_root
     else:
         assert out_dir is not None
-        generation = pipeline.generate_files_only(spec, out_dir, force=force)
+        generation = pipeline.generate_files_only(spec, out_dir, force=force, templates=templates)
         root = out_dir
     changeset = generation.changeset
     if as_json:
@@ -180,10 +190,11 @@ def doctor(
 ) -> None:
     """Report, for each method in a PEFT tree (hand-written ones too), which registry sites it is in and what is
     missing. Exit code 1 when a method has gaps."""
-    from scaffold import register
+    from scaffold.kinds.tuner.doctor import doctor as doctor_rows
+    from scaffold.register.tree import detect_peft_tree
 
-    tree = register.detect_peft_tree(peft_root)
-    rows = register.doctor(tree, name)
+    tree = detect_peft_tree(peft_root)
+    rows = doctor_rows(tree, name)
     incomplete = [row for row in rows if not row.complete]
     if as_json:
         emit_json({"peft_version": tree.version, "methods": [row.as_dict() for row in rows]})
@@ -214,54 +225,15 @@ def check(
 ) -> None:
     """Validate SPEC and show what would be generated (classes, weights, files), without writing anything."""
     from scaffold import pipeline
-    from scaffold.render.files import Layout, paths_for
-    from scaffold.spec import load_spec
 
-    loaded = load_spec(spec)
-    extension = pipeline.extension_for(loaded)
-    if extension is not None:
-        extension_summary = extension.summary(loaded, str(spec))
-        if as_json:
-            emit_json(extension_summary)
-        else:
-            out.print(f"[green]ok[/] {escape(str(spec))}: {escape(loaded.kind)} `{escape(loaded.name)}`")
-            for key, value in extension_summary.items():
-                out.print(f"  {key}: {value}", markup=False, highlight=False)
-        return
-    plan = pipeline.build_plan(loaded, source=str(spec))
-    files = sorted(paths_for(plan, Layout.PEFT_TREE).values())
-    summary = {
-        "name": plan.name,
-        "peft_type": plan.peft_type,
-        "prefix": plan.prefix,
-        "config_class": plan.config_cls,
-        "model_class": plan.model_cls,
-        "layer_classes": [plan.layer_cls] + [lc.family.class_name for lc in plan.layer_classes],
-        "layer_types": list(plan.spec.layers),
-        "hyperparameters": {hp.name: hp.annotation for hp in plan.hyperparameters},
-        "weights": {w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights},
-        "files": files,
-    }
+    summary = pipeline.check(spec)
     if as_json:
         emit_json(summary)
         return
-    from rich.table import Table
-
-    shown = f"{escape(str(spec))}: {escape(plan.title)}"
-    out.print(f"[green]ok[/] {shown} -> PeftType.{plan.peft_type}, prefix `{plan.prefix}`")
-    table = Table("item", "value", show_header=False, box=None)
-    table.add_row("config", plan.config_cls)
-    table.add_row("model", plan.model_cls)
-    table.add_row("layers", ", ".join(summary["layer_classes"]))
-    table.add_row("adapts", ", ".join(plan.spec.layers))
-    for hp in plan.hyperparameters:
-        table.add_row(f"  {hp.name}", escape(f"{hp.annotation} = {hp.default}"))
-    for w in plan.weights:
-        shape = escape(f"[{', '.join(w.shape_code)}]")
-        table.add_row(f"  {w.attr}", shape + ("" if w.trainable else " (frozen)"))
-    for f in files:
-        table.add_row("file", f)
-    out.print(table)
+    out.print(f"[green]ok[/] {escape(str(spec))}: {escape(summary['kind'])} `{escape(summary['name'])}`")
+    for key, value in summary.items():
+        if key not in ("name", "kind"):
+            out.print(f"  {key}: {value}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -54,7 +54,8 @@ def run_demo(directory: Path, console: Console, as_json: bool = False) -> dict[s
     changed_files = len(generation.changeset.changes)
     generation.changeset.apply()
     plan = generation.plan
-    assert plan is not None and generation.generated is not None  # the demo spec is a tuner
+    test_file = generation.templates["tests/test_method.py.j2"]  # the demo spec is a tuner
+    package_dir = generation.templates["tuner/__init__.py.j2"].rsplit("/", 1)[0]
     generate_seconds = time.perf_counter() - t0
     console.print(
         f"[bold]2.[/] Generated and registered {plan.title} ({changed_files} files) in {generate_seconds:.2f}s"
@@ -62,12 +63,12 @@ def run_demo(directory: Path, console: Console, as_json: bool = False) -> dict[s
     for note in generation.notes:
         console.print(f"     {note}", highlight=False, markup=False, soft_wrap=True)
 
-    with console.status(f"Running the generated tests (tests/{Path(generation.generated.test_file).name})..."):
-        generated_tests = run_pytest(tree, [generation.generated.test_file])
+    with console.status(f"Running the generated tests (tests/{Path(test_file).name})..."):
+        generated_tests = run_pytest(tree, [test_file])
     console.print(f"[bold]3.[/] Generated tests: {_counts(generated_tests.as_dict())}")
 
     with console.status("Running ruff and mypy on the generated code..."):
-        lint_paths = [generation.generated.package_dir, generation.generated.test_file]
+        lint_paths = [package_dir, test_file]
         lint = lint_generated(tree, lint_paths)
     console.print(f"[bold]4.[/] ruff + mypy on generated code: {'clean' if lint.ok else '; '.join(lint.findings)}")
 

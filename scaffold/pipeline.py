@@ -1,120 +1,60 @@
-"""The pipeline end to end: spec -> plan -> render -> (register) -> one change set, applied atomically.
+"""The pipeline end to end, for every kind: spec -> kind -> plan -> render -> (register) -> one change set.
 
-The CLI is a thin layer over these functions. Nothing on this path imports torch or peft, so `new` answers
-quickly; only `verify` (running what was generated) needs them.
+The CLI is a thin layer over these functions; the work is `scaffold.core.generate`'s, and what differs between
+kinds is behind `scaffold.core.kind.Kind`. Nothing on this path imports torch or peft, so `new` answers quickly;
+only `verify` (running what was generated) needs them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scaffold.changeset import ChangeSet
-from scaffold.errors import ScaffoldError
-from scaffold.extensions import Extension, available_extensions, get_extension
-from scaffold.plan import MethodPlan, build_plan
-from scaffold.render import GeneratedFiles, Layout, render_method
-from scaffold.render.files import header_year
+from scaffold.core import generate as core
+from scaffold.core.generate import Generation
+from scaffold.core.kind import Kind
+from scaffold.kinds import all_kinds, kind_of
+from scaffold.render.files import Layout
 from scaffold.spec import load_spec
 
 
-@dataclass
-class Generation:
-    """The outcome of planning a `new`: what would change, and why."""
-
-    name: str  # the method (or extension) name
-    title: str
-    headline: str  # what to call it in one line, e.g. the config class
-    changeset: ChangeSet
-    generated: GeneratedFiles | None = None
-    notes: list[str] = field(default_factory=list)
-    plan: MethodPlan | None = None  # for `kind: tuner`
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.changeset.is_empty()
+__all__ = ["Generation", "check", "generate_files_only", "generate_into_tree", "load", "remove_from_tree"]
 
 
-def plan_from_file(spec_path: Path) -> MethodPlan:
+def load(spec_path: Path) -> tuple[Kind, Any]:
+    """The spec at `spec_path`, validated by the model of its kind, and that kind."""
     spec = load_spec(spec_path)
-    return build_plan(spec, source=str(spec_path))
+    return kind_of(spec.kind, str(spec_path)), spec
 
 
-def spec_hash(spec_path: Path) -> str:
-    return hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
-
-
-def extension_for(spec: object) -> Extension | None:
-    kind = getattr(spec, "kind", "tuner")
-    return None if kind == "tuner" else get_extension(kind)
-
-
-def generate_files_only(spec_path: Path, out_dir: Path, *, force: bool = False) -> Generation:
+def generate_files_only(
+    spec_path: Path, out_dir: Path, *, force: bool = False, templates: Path | None = None
+) -> Generation:
     """`new SPEC --out DIR`: write the method's files into DIR (standalone layout), nothing else."""
-    spec = load_spec(spec_path)
-    if (extension := extension_for(spec)) is not None:
-        return extension.generate_files_only(spec, Path(spec_path), Path(out_dir), force=force)
-    plan = build_plan(spec, source=str(spec_path))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ScaffoldError(str(out_dir), "exists and is not a directory")
-    changeset = ChangeSet(out_dir)
-    year = header_year(changeset.read(f"{plan.name}/__init__.py"))
-    generated = render_method(plan, layout=Layout.STANDALONE, spec_file=Path(spec_path).name, year=year)
-    _stage(changeset, generated, force=force, what=str(out_dir))
-    return Generation(plan.name, plan.title, plan.config_cls, changeset, generated, plan=plan)
-
-
-def generate_into_tree(spec_path: Path, peft_root: Path, *, force: bool = False) -> Generation:
-    """`new SPEC --peft-root DIR`: the method's files plus its registration in the PEFT tree."""
-    from scaffold import register
-
-    spec = load_spec(spec_path)
-    if (extension := extension_for(spec)) is not None:
-        return extension.generate_into_tree(spec, Path(spec_path), Path(peft_root), force=force)
-    plan = build_plan(spec, source=str(spec_path))
-    tree = register.detect_peft_tree(Path(peft_root))
-    from scaffold.plan.registration import registration_for
-
-    registration = registration_for(plan)
-    changeset = ChangeSet(Path(peft_root))
-    generated = render_method(
-        plan,
-        layout=Layout.PEFT_TREE,
-        spec_file=Path(spec_path).name,
-        registered_constants=register.registers_constants(register.NEW_SITES),
-        year=header_year(changeset.read(f"src/peft/tuners/{plan.name}/__init__.py")),
+    kind, spec = load(spec_path)
+    return core.generate(
+        kind, spec, Path(spec_path), Path(out_dir), Layout.STANDALONE, force=force, templates=templates
     )
-    register.check_collision(tree, registration, spec_hash=spec_hash(spec_path), force=force)
-    _stage(changeset, generated, force=force, what=generated.package_dir)
-    results = register.plan_registration(changeset, tree, registration, sites=register.NEW_SITES)
-    notes = [str(result) for result in results]
-    register.write_manifest(changeset, tree, registration, generated.files, spec_hash=spec_hash(spec_path))
-    return Generation(plan.name, plan.title, plan.config_cls, changeset, generated, notes, plan=plan)
 
 
-def _stage(changeset: ChangeSet, generated: GeneratedFiles, *, force: bool, what: str) -> None:
-    for relpath, text in generated:
-        current = changeset.read(relpath)
-        if current is not None and current != text and not force:
-            raise ScaffoldError(
-                relpath, f"exists with different content; pass --force to overwrite ({what} was generated before?)"
-            )
-        changeset.write(relpath, text)
+def generate_into_tree(
+    spec_path: Path, peft_root: Path, *, force: bool = False, templates: Path | None = None
+) -> Generation:
+    """`new SPEC --peft-root DIR`: the method's files plus its registration in the PEFT tree."""
+    kind, spec = load(spec_path)
+    return core.generate(
+        kind, spec, Path(spec_path), Path(peft_root), Layout.PEFT_TREE, force=force, templates=templates
+    )
 
 
 def remove_from_tree(name: str, peft_root: Path, *, force: bool = False) -> tuple[ChangeSet, list[str]]:
-    """`remove NAME --peft-root DIR`: undo every registry edit and delete the generated files (from the manifest)."""
-    from scaffold import register
+    """`remove NAME --peft-root DIR`: undo every registry edit and delete the generated files (from the manifest
+    of whichever kind generated NAME)."""
+    return core.remove(all_kinds(), name, Path(peft_root), force=force)
 
-    tree = register.detect_peft_tree(Path(peft_root))
-    if register.read_manifest(Path(peft_root), name) is None:
-        # not a generated tuner: maybe a LoRA extension generated by one of the other kinds
-        for extension in available_extensions():
-            removal = extension.remove_from_tree(name, Path(peft_root), force=force)
-            if removal is not None:
-                return removal
-    changeset = ChangeSet(Path(peft_root))
-    results = register.plan_unregistration(changeset, tree, name, force=force)
-    return changeset, [str(result) for result in results]
+
+def check(spec_path: Path) -> dict[str, Any]:
+    """`check SPEC`: the spec validated fully, and what would be generated."""
+    kind, spec = load(spec_path)
+    return kind.summary(spec, str(spec_path))

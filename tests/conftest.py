@@ -16,8 +16,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from scaffold.kinds.tuner.registration import MethodRegistration  # noqa: E402
 from scaffold.peft_source import DEFAULT_PEFT_VERSION, copy_peft_tree, ensure_peft_sdist  # noqa: E402
-from scaffold.register.method import MethodRegistration  # noqa: E402
 
 
 # Versions the registrar supports, newest first (latest patch of each minor).

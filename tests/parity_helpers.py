@@ -106,8 +106,8 @@ def generate_into_tree(tree: Path, spec: Path) -> None:
 
 
 def _generate_with_api(tree: Path, spec: Path) -> None:
+    from scaffold.kinds.tuner.files import render_method
     from scaffold.plan import build_plan
-    from scaffold.render import render_method
     from scaffold.spec import load_spec
 
     plan = build_plan(load_spec(spec))
@@ -115,7 +115,7 @@ def _generate_with_api(tree: Path, spec: Path) -> None:
         spec_file = spec.relative_to(REPO_ROOT).as_posix()
     except ValueError:
         spec_file = str(spec)
-    for relpath, text in render_method(plan, spec_file=spec_file):
+    for relpath, text in render_method(plan, spec_file=spec_file).items():
         path = tree / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

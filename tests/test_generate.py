@@ -14,8 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from scaffold.cli import app
+from scaffold.kinds.tuner.files import render_method
 from scaffold.plan import build_plan
-from scaffold.render import Layout, render_method
+from scaffold.render import Layout
 from scaffold.spec import load_spec, spec_from_data
 from scaffold.verify import lint_generated
 
@@ -49,7 +50,7 @@ def test_generated_files_parse_and_are_ruff_clean(spec_path, tmp_path):
 
 def test_generated_classes_follow_peft_conventions(tmp_path):
     plan = build_plan(load_spec(SPECS[0]))
-    files = render_method(plan, layout=Layout.STANDALONE).files
+    files = render_method(plan, layout=Layout.STANDALONE)
     layer = ast.parse(files["reflora/layer.py"])
     classes = {node.name: node for node in layer.body if isinstance(node, ast.ClassDef)}
     assert set(classes) == {"RefLoraLayer", "Linear", "Embedding", "_ConvNd", "Conv1d", "Conv2d"}
@@ -82,7 +83,7 @@ def test_generated_classes_follow_peft_conventions(tmp_path):
 
 def test_bounds_become_post_init_checks():
     plan = build_plan(load_spec(SPECS[0]))
-    config = render_method(plan, layout=Layout.STANDALONE).files["reflora/config.py"]
+    config = render_method(plan, layout=Layout.STANDALONE)["reflora/config.py"]
     assert "if self.r < 1:" in config
     assert "if self.lora_dropout < 0.0:" in config and "if self.lora_dropout > 1.0:" in config
 
@@ -160,7 +161,7 @@ def test_custom_target_modules_are_rendered_into_model():
     data = yaml.safe_load(SPECS[0].read_text())
     data["target_modules"] = {"llama": ["q_proj", "v_proj"]}
     plan = build_plan(spec_from_data(data))
-    model = render_method(plan, layout=Layout.STANDALONE).files["reflora/model.py"]
+    model = render_method(plan, layout=Layout.STANDALONE)["reflora/model.py"]
     assert '{"llama": ["q_proj", "v_proj"]}' in model
     assert "TRANSFORMERS_MODELS_TO_LORA" not in model
 

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from scaffold.cli import app
+from scaffold.kinds.tuner.files import render_method
 from scaffold.plan import build_plan
-from scaffold.render import Layout, render_method
+from scaffold.render import Layout
 from scaffold.spec import load_spec
 
 
@@ -22,7 +23,7 @@ SPEC = REPO / "reference_methods" / "lora.yaml"
 
 def _render() -> dict[str, str]:
     plan = build_plan(load_spec(SPEC))
-    return render_method(plan, layout=Layout.PEFT_TREE, spec_file="lora.yaml", year=2026).files
+    return render_method(plan, layout=Layout.PEFT_TREE, spec_file="lora.yaml", year=2026)
 
 
 def test_reference_output_matches_golden_files():

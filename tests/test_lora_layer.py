@@ -76,7 +76,7 @@ def test_check_summarises_the_reference_spec():
 
 
 def test_plan_renders_the_spec_expressions():
-    from scaffold.extensions.lora_layer import build_layer_plan
+    from scaffold.kinds.lora_layer import build_layer_plan
     from scaffold.spec import load_spec
 
     plan = build_layer_plan(load_spec(CONVT_SPEC))
@@ -415,7 +415,7 @@ def test_regenerating_under_another_class_name_needs_remove_first(tmp_path, peft
 
 
 def test_dispatch_transforms_are_exact_inverses_on_the_real_file(peft_sdist):
-    from scaffold.extensions.lora_layer.register import (
+    from scaffold.kinds.lora_layer.register import (
         AddDispatchBranch,
         LayerRegistration,
         RemoveDispatchBranch,
@@ -682,7 +682,7 @@ def test_stock_peft_does_not_support_the_type_without_registration():
 
 def test_import_check_is_skipped_without_torch(monkeypatch):
     # an environment without torch can still generate (the check says it did not verify the type)
-    from scaffold.extensions.lora_layer import base_type
+    from scaffold.kinds.lora_layer import base_type
     from scaffold.spec import load_spec
 
     real_find_spec = importlib.util.find_spec

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from scaffold.cli import app
 from scaffold.errors import ScaffoldError
-from scaffold.extensions import get_extension
-from scaffold.extensions.lora_variant import sites
-from scaffold.extensions.lora_variant.plan import build_plan
+from scaffold.kinds import get_kind
+from scaffold.kinds.lora_variant import sites
+from scaffold.kinds.lora_variant.plan import build_plan
 from scaffold.spec import parse_spec
 from scaffold.verify import lint_generated
 from tests.conftest import snapshot_tree
@@ -118,9 +118,9 @@ def _spec(text: str) -> Any:
 # the extension seam
 
 
-def test_extension_is_registered_for_its_kind() -> None:
-    extension = get_extension("lora_variant")
-    assert extension is not None and extension.kind == "lora_variant"
+def test_kind_is_registered_for_its_name() -> None:
+    kind = get_kind("lora_variant")
+    assert kind is not None and kind.name == "lora_variant"
     spec = parse_spec(DORA_SPEC.read_text(encoding="utf-8"))
     assert type(spec).__name__ == "LoraVariantSpec" and spec.switch == "use_refdora"
 
@@ -287,7 +287,7 @@ def test_edited_module_is_kept_unless_forced(peft_tree: Path) -> None:
 
 def test_registration_transforms_are_inverse_on_real_sources(peft_sdist: Path) -> None:
     plan = build_plan(_spec(DORA_SPEC.read_text(encoding="utf-8")))
-    from scaffold.extensions.lora_variant.generate import registration_for
+    from scaffold.kinds.lora_variant.registration import registration_for
 
     reg = registration_for(plan)
     for site in sites.SITES:

@@ -10,9 +10,9 @@ from ruamel.yaml import YAML
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
-from scaffold.register import detect_peft_tree, plan_registration
-from scaffold.register.sites import DocsPageSite, DocsToctreeSite, docs_page
+from scaffold.kinds.tuner.sites import DocsPageSite, DocsToctreeSite, docs_page
 from tests.conftest import FAKE_TOCTREE, fake_registration
+from tests.tuner_api import detect_peft_tree, plan_registration
 
 
 TOC = DocsToctreeSite()

@@ -9,7 +9,8 @@ import pytest
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
-from scaffold.register import (
+from tests.conftest import fake_method_files
+from tests.tuner_api import (
     SITES,
     DoctorRow,
     detect_peft_tree,
@@ -18,7 +19,6 @@ from scaffold.register import (
     plan_registration,
     write_manifest,
 )
-from tests.conftest import fake_method_files
 
 
 # Where PEFT 0.21.2 itself is incomplete: UniLoRA is missing from test_config.py's ALL_CONFIG_CLASSES, and

@@ -12,10 +12,10 @@ import pytest
 
 from scaffold.changeset import read_text
 from scaffold.errors import ScaffoldError
+from scaffold.kinds.tuner.sites import LORA_MAPPING, ConstantsSite, _RemoveUnusedImport
 from scaffold.register import _cst
 from scaffold.register import transforms as t
 from scaffold.register.locate import Assignment, ImportFrom, statement_lines, surely_absent
-from scaffold.register.sites import LORA_MAPPING, ConstantsSite, _RemoveUnusedImport
 from tests.conftest import fake_registration
 
 

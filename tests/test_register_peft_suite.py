@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from scaffold.changeset import ChangeSet
-from scaffold.register import detect_peft_tree, doctor, plan_registration, write_manifest
 from tests.conftest import fake_method_files
+from tests.tuner_api import detect_peft_tree, doctor, plan_registration, write_manifest
 
 
 # These need the Hugging Face Hub and fail offline for every method, LoraConfig included.

@@ -8,17 +8,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 import scaffold.changeset as changeset_mod
 from scaffold.changeset import ChangeSet
+from scaffold.core.manifest import Manifest
+from scaffold.core.manifest import read_manifest as core_read_manifest
 from scaffold.errors import ScaffoldError
-from scaffold.register import (
-    MINIMAL_SITES,
-    NEW_SITES,
+from tests.conftest import fake_method_files, fake_registration
+from tests.tuner_api import (
     SITES,
     check_collision,
     detect_peft_tree,
@@ -27,10 +27,8 @@ from scaffold.register import (
     plan_registration,
     plan_unregistration,
     read_manifest,
-    registers_constants,
     write_manifest,
 )
-from tests.conftest import fake_method_files, fake_registration
 
 
 def register_fake(root: Path, source: str = "supertuning") -> ChangeSet:
@@ -112,18 +110,6 @@ def test_results_say_what_happened(peft_tree: Path):
     assert by_site["docs_page"].status == "skipped"
     assert by_site["docs_page"].detail == "tree has no docs/"
     assert str(by_site["docs_toctree"]) == "docs_toctree (docs/source/_toctree.yml): skipped: tree has no docs/"
-
-
-def test_minimal_sites_are_types_and_exports(peft_tree: Path):
-    assert [s.name for s in MINIMAL_SITES] == ["peft_types", "tuners_init", "peft_init"]
-    assert not registers_constants(MINIMAL_SITES) and registers_constants(NEW_SITES)
-    cs = ChangeSet(peft_tree)
-    plan_registration(cs, detect_peft_tree(peft_tree), fake_registration(), sites=MINIMAL_SITES)
-    assert sorted(c.relpath for c in cs.changes) == [
-        "src/peft/__init__.py",
-        "src/peft/tuners/__init__.py",
-        "src/peft/utils/peft_types.py",
-    ]
 
 
 def test_sites_without_cases_are_skipped(peft_tree: Path):
@@ -224,24 +210,22 @@ def test_unreadable_manifest_is_an_error(peft_tree: Path):
         read_manifest(peft_tree, "mysuper")
 
 
-def _manifest_of_kind(kind: str) -> tuple[Any, str, ModuleType]:
-    """A valid manifest of each spec kind (as its generator writes it), its name, and the module that reads it."""
-    from scaffold.extensions.lora_layer import register as layer
-    from scaffold.extensions.lora_variant import generate as variant
-    from scaffold.extensions.lora_variant import sites as variant_sites
-    from scaffold.register import manifest as tuner
+def _manifest_of_kind(kind_name: str) -> tuple[Any, Any]:
+    """A valid manifest of each spec kind (as the core writes it for that kind's registration), and the kind."""
+    from scaffold.kinds import get_kind
+    from scaffold.kinds.lora_layer.register import LayerRegistration
+    from scaffold.kinds.lora_variant.sites import VariantRegistration
 
+    kind = get_kind(kind_name)
     files = {"src/peft/tuners/x/generated.py": "0" * 64}
-    if kind == "tuner":
-        return tuner.Manifest("supertuning", "1" * 64, fake_registration(), files), "supertuning", tuner
-    if kind == "lora_variant":
+    if kind_name == "tuner":
+        reg: Any = fake_registration()
+    elif kind_name == "lora_variant":
         mapping = (("Linear", "MyVarLinear"),)
-        reg = variant_sites.VariantRegistration(
-            "myvar", "use_myvar", "use_myvar: bool = False\n", "", mapping, (), (), ()
-        )
-        return variant.VariantManifest("myvar", "1" * 64, reg, files), "myvar", variant
-    reg_layer = layer.LayerRegistration("mylayer", "MyLayer", "torch.nn.Bilinear")
-    return layer.LayerManifest(reg_layer, "1" * 64, files), "mylayer", layer
+        reg = VariantRegistration("myvar", "use_myvar", "use_myvar: bool = False\n", "", mapping, (), (), ())
+    else:
+        reg = LayerRegistration("mylayer", "MyLayer", "torch.nn.Bilinear")
+    return Manifest(kind_name, reg.name, "1" * 64, reg, files, kind.manifest_path(reg.name)), kind
 
 
 _CORRUPTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -260,22 +244,30 @@ _CORRUPTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 def test_every_kind_reads_its_manifest_and_names_it_when_unreadable(tmp_path: Path, kind: str, how: str):
     """The three spec kinds share one reader: a good manifest reads back as written; a corrupt one is one
     `ScaffoldError` line naming the manifest's path, never a traceback."""
-    manifest, name, module = _manifest_of_kind(kind)
-    rel = module.manifest_path(name)
+    manifest, kind_obj = _manifest_of_kind(kind)
+    rel = manifest.relpath
     path = tmp_path / rel
     path.parent.mkdir(parents=True)
     good = manifest.to_json()
     path.write_text(good)
-    assert module.read_manifest(tmp_path, name) == manifest
+    assert core_read_manifest(tmp_path, kind_obj, manifest.name) == manifest
     path.write_text(_CORRUPTIONS[how](json.loads(good)))
-    if how == "other kind" and kind == "tuner":  # tuner manifests have no `kind` key: one there is ignored
-        assert module.read_manifest(tmp_path, name) == manifest
-        return
     with pytest.raises(ScaffoldError) as excinfo:
-        module.read_manifest(tmp_path, name)
+        core_read_manifest(tmp_path, kind_obj, manifest.name)
     message = str(excinfo.value)
     assert message.startswith(f"{rel}: unreadable peft-scaffold manifest (")
     assert "\n" not in message
+
+
+def test_a_manifest_without_kind_is_a_tuners(peft_tree: Path):
+    """Manifests written before the kinds shared one format have no `kind`: they are read as tuner manifests."""
+    register_fake(peft_tree).apply()
+    path = peft_tree / manifest_path("mysuper")
+    data = json.loads(path.read_text())
+    del data["kind"]
+    path.write_text(json.dumps(data))
+    manifest = read_manifest(peft_tree, "mysuper")
+    assert manifest is not None and manifest.registration == fake_registration()
 
 
 # -- collisions ----------------------------------------------------------------------------------------------------
@@ -356,7 +348,7 @@ def test_invalid_registration_is_refused(peft_tree: Path, changes, message):
 def test_regenerating_a_generated_method_is_allowed(peft_tree: Path):
     register_fake(peft_tree).apply()
     tree = detect_peft_tree(peft_tree)
-    check_collision(tree, fake_registration(), spec_hash="1" * 64)  # same names: fine
+    check_collision(tree, fake_registration())  # same names: fine
     with pytest.raises(ScaffoldError, match="was generated with config_cls 'MySuperConfig'"):
         check_collision(tree, _reg(config_cls="MySuperCfg", exported=("MySuperCfg", "MySuperModel")))
     (peft_tree / "src/peft/tuners/mysuper/model.py").write_text("# rewritten\n")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from scaffold.changeset import read_text
+from scaffold.core.sites import Site
 from scaffold.errors import ScaffoldError
-from scaffold.register import SITES, MethodRegistration
-from scaffold.register.method import DiscoveredMethod
-from scaffold.register.sites import Site
+from scaffold.kinds.tuner.registration import DiscoveredMethod
+from tests.tuner_api import SITES, MethodRegistration
 
 
 SUPPORTED = ("0.21.2", "0.20.0", "0.19.1")
@@ -251,7 +251,7 @@ def test_config_row_goes_into_a_sorted_matrix_at_its_place():
 
 def test_registration_without_manifest_is_removable_by_registration(peft_tree: Path, snapshot):
     from scaffold.changeset import ChangeSet
-    from scaffold.register import detect_peft_tree, plan_registration, plan_unregistration
+    from tests.tuner_api import detect_peft_tree, plan_registration, plan_unregistration
 
     before = snapshot(peft_tree)
     tree = detect_peft_tree(peft_tree)

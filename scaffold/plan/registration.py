@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaffold.kinds.tuner.registration import MethodRegistration
 from scaffold.plan.method import MethodPlan
-from scaffold.register.method import MethodRegistration
 
 
 # PEFT's test models (tests/test_custom_models.py) per layer type: (model id, target modules).

@@ -18,7 +18,7 @@ from ruamel.yaml.error import YAMLError
 
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
-from scaffold.register.sites import TOCTREE
+from scaffold.register.tree import TOCTREE
 
 
 # The method lists of the toctree are the sections that list at least two of these pages directly (a nested group

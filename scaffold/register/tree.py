@@ -12,6 +12,7 @@ from scaffold.errors import ScaffoldError
 # PEFT minor versions whose registry layout the sites understand (checked against the 0.19.1, 0.20.0 and 0.21.2
 # sdists). Other versions are refused: their files may have a different shape.
 SUPPORTED_SERIES = ("0.19", "0.20", "0.21")
+TOCTREE = "docs/source/_toctree.yml"
 
 # Files every supported tree has; `tests/` and `docs/` are optional (pip-installed sources, sdists).
 REQUIRED_FILES = (
@@ -67,5 +68,5 @@ def detect_peft_tree(peft_root: Path) -> PeftTree:
         if not (root / rel).is_file():
             raise ScaffoldError(rel, f"missing; expected in a PEFT {series}.x source tree")
     has_tests = (root / "tests" / "test_config.py").is_file() and (root / "tests" / "test_custom_models.py").is_file()
-    has_docs = (root / "docs" / "source" / "_toctree.yml").is_file()
+    has_docs = (root / TOCTREE).is_file()
     return PeftTree(root=root, version=version, series=series, has_tests=has_tests, has_docs=has_docs)

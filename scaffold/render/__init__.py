@@ -1,6 +1,6 @@
-"""Stage 3 of the pipeline: render a plan through the jinja2 templates and format the result with ruff."""
+"""Rendering, shared by every kind: the jinja2 environment (with `--templates` overrides) and ruff formatting."""
 
-from scaffold.render.files import GeneratedFiles, Layout, render_method
+from scaffold.render.files import Layout, header_year, render_files
 
 
-__all__ = ["GeneratedFiles", "Layout", "render_method"]
+__all__ = ["Layout", "header_year", "render_files"]

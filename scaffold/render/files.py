@@ -1,15 +1,14 @@
-"""Which files a method generates, where they go, and their rendered text."""
+"""Rendering a kind's files: its templates with one context, then ruff, for every kind alike."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
-from scaffold.plan import MethodPlan
-from scaffold.plan.layers import TORCH_CLASSES
 from scaffold.render.format import format_sources
 from scaffold.render.templates import environment
 
@@ -17,38 +16,8 @@ from scaffold.render.templates import environment
 class Layout(str, Enum):
     """Where the generated files go."""
 
-    PEFT_TREE = "peft-tree"  # src/peft/tuners/<name>/, tests/test_<name>.py, examples/<name>/
-    STANDALONE = "standalone"  # <name>/, tests/test_<name>.py, examples/<name>_example.py (for --out)
-
-
-@dataclass
-class GeneratedFiles:
-    """Rendered files keyed by path relative to the output root."""
-
-    files: dict[str, str]
-    package_dir: str
-    test_file: str
-
-    def __iter__(self):
-        return iter(sorted(self.files.items()))
-
-
-def paths_for(plan: MethodPlan, layout: Layout) -> dict[str, str]:
-    """template name -> output path."""
-    package = f"src/peft/tuners/{plan.name}" if layout is Layout.PEFT_TREE else plan.name
-    example = (
-        f"examples/{plan.name}/{plan.name}_example.py"
-        if layout is Layout.PEFT_TREE
-        else f"examples/{plan.name}_example.py"
-    )
-    return {
-        "tuner/__init__.py.j2": f"{package}/__init__.py",
-        "tuner/config.py.j2": f"{package}/config.py",
-        "tuner/layer.py.j2": f"{package}/layer.py",
-        "tuner/model.py.j2": f"{package}/model.py",
-        "tests/test_method.py.j2": f"tests/test_{plan.name}.py",
-        "examples/example.py.j2": example,
-    }
+    PEFT_TREE = "peft-tree"  # inside a PEFT source tree (`new --peft-root`)
+    STANDALONE = "standalone"  # into any directory, for stock peft (`new --out`)
 
 
 _HEADER_YEAR = re.compile(r"^# Copyright (\d{4})-present", re.MULTILINE)
@@ -60,64 +29,22 @@ def header_year(existing: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def out_of_range_values(plan: MethodPlan) -> list[tuple[str, str]]:
-    """One value just outside each bound, for the generated tests that check the config rejects it."""
-    values = []
-    for hp in plan.hyperparameters:
-        step = 1 if hp.spec.type == "int" else 0.5
-        for bound, offset in (("min", -step), ("gt", 0), ("max", step), ("lt", 0)):
-            limit = getattr(hp.spec, bound)
-            if limit is not None:
-                value = limit + offset
-                values.append((hp.name, repr(int(value)) if hp.spec.type == "int" else repr(float(value))))
-        if hp.spec.choices is not None:
-            values.append((hp.name, repr("not-" + "-".join(hp.spec.choices))))
-    return values
-
-
-def render_method(
-    plan: MethodPlan,
+def render_files(
+    paths: Mapping[str, str],
+    context: Mapping[str, Any],
     *,
-    layout: Layout = Layout.PEFT_TREE,
-    spec_file: str = "spec.yaml",
-    registered_constants: bool = False,
-    template_override_dir: str | None = None,
-    year: int | None = None,
-) -> GeneratedFiles:
-    """Render every file of the method. `registered_constants`: the tree has the method's own target-module
-    constant in `peft.utils` (the full registrar adds it); otherwise model.py reuses LoRA's or defines its own."""
-    env = environment(template_override_dir)
-    if registered_constants:
-        mapping_import, mapping_name = plan.mapping_constant, plan.mapping_constant
-    elif plan.lora_mapping:
-        mapping_import = mapping_name = "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
-    else:
-        mapping_import, mapping_name = "", json.dumps(plan.target_modules)
-    supported = sorted({TORCH_CLASSES[t] for t in plan.spec.layers})
-    context = {
-        "p": plan,
-        "spec_file": spec_file,
-        "exports": [plan.config_cls, plan.model_cls, plan.layer_cls]
-        + [lc.family.class_name for lc in plan.layer_classes],
-        "mapping_import": mapping_import,
-        "mapping_name": mapping_name,
-        "supported_text": ", ".join(f"`{s}`" for s in supported),
-        "has_linear": any(lc.family.kind == "linear" for lc in plan.layer_classes),
-        "package_import": f"peft.tuners.{plan.name}" if layout is Layout.PEFT_TREE else plan.name,
-        "layout": layout.value,
-        # the licence header's year: given (kept from an earlier generation), else this year
-        "year": year or datetime.date.today().year,
-        "out_of_range": out_of_range_values(plan),
-        "example_name": f"{plan.name}_example.py",
-    }
-    paths = paths_for(plan, layout)
-    rendered = {out: env.get_template(name).render(**context) for name, out in paths.items()}
-    if not mapping_import:
-        model_path = paths["tuner/model.py.j2"]
-        rendered[model_path] = rendered[model_path].replace("from peft.utils import \n", "")
-    formatted = format_sources(rendered, first_party=() if layout is Layout.PEFT_TREE else (plan.name,))
-    return GeneratedFiles(
-        files=formatted,
-        package_dir=paths["tuner/__init__.py.j2"].rsplit("/", 1)[0],
-        test_file=paths["tests/test_method.py.j2"],
-    )
+    read_existing: Callable[[str], str | None],
+    first_party: tuple[str, ...] = (),
+    templates: Path | None = None,
+) -> dict[str, str]:
+    """Render each template of `paths` ({template: output path}) with `context`, then format with ruff.
+
+    `year` (the licence header's) is added to the context: the one of an earlier generation of these files, as
+    `read_existing(output path)` gives them, else this year. `templates`: a directory whose files shadow the
+    built-in templates of the same relative path (`--templates`).
+    """
+    env = environment(str(templates) if templates is not None else None)
+    year = next((y for out in paths.values() if (y := header_year(read_existing(out))) is not None), None)
+    full = {**context, "year": year or datetime.date.today().year}
+    rendered = {out: env.get_template(name).render(**full) for name, out in paths.items()}
+    return format_sources(rendered, first_party=first_party)

@@ -39,8 +39,12 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
 
 @cache
 def environment(override_dir: str | None = None) -> jinja2.Environment:
-    search = [override_dir] if override_dir else []
-    loader = jinja2.FileSystemLoader([*search, str(template_dir())])
+    """The environment; with `override_dir` (`--templates DIR`), a template there shadows the built-in one of the
+    same relative path (e.g. `_header.j2`, `tuner/layer.py.j2`), and every other template is the built-in one."""
+    builtin = jinja2.FileSystemLoader(str(template_dir()))
+    loader: jinja2.BaseLoader = builtin
+    if override_dir is not None:
+        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(override_dir), builtin])
     env = jinja2.Environment(
         loader=loader,
         bytecode_cache=_bytecode_cache(),

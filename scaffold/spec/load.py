@@ -9,7 +9,6 @@ import yaml
 from pydantic import ValidationError
 
 from scaffold.errors import ScaffoldError
-from scaffold.spec.model import MethodSpec
 
 
 def load_spec(path: Path) -> Any:
@@ -37,17 +36,10 @@ def parse_spec(text: str, source: str = "<spec>") -> Any:
 
 
 def spec_from_data(data: dict[str, Any], source: str = "<spec>") -> Any:
-    """Validate `data` with the model of its `kind` (`tuner` by default; see `scaffold.extensions`)."""
-    model: Any = MethodSpec
-    kind = data.get("kind", "tuner")
-    if kind != "tuner":
-        from scaffold.extensions import extension_kinds, get_extension
+    """Validate `data` with the spec model of its `kind` (`tuner` by default; see `scaffold.kinds`)."""
+    from scaffold.kinds import DEFAULT_KIND, kind_of
 
-        extension = get_extension(kind) if isinstance(kind, str) else None
-        if extension is None:
-            kinds = ", ".join(["tuner", *extension_kinds()])
-            raise ScaffoldError(f"{source}: kind", f"must be one of {kinds} (got {kind!r})")
-        model = extension.spec_model
+    model = kind_of(data.get("kind", DEFAULT_KIND), source).spec_model
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaffold.errors import ScaffoldError
-from scaffold.extensions.lora_variant.spec import LoraVariantSpec
+from scaffold.kinds.lora_variant.spec import LoraVariantSpec
 from scaffold.spec.expressions import Expression, ExpressionError, parse_expression
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,18 @@ class MethodRegistration:
         if self.docs_title:
             return self.docs_title
         return self.config_cls.removesuffix("Config") or self.config_cls
+
+    def to_data(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> MethodRegistration:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["exported"] = tuple(kwargs.get("exported", ()))
+        for key in ("test_cases", "multiple_active_adapters_cases"):
+            kwargs[key] = tuple(tuple(row) for row in kwargs.get(key, ()))
+        return cls(**kwargs)
 
     def validate(self) -> None:
         """Raise `ScaffoldError` if the names could not be registered in PEFT as given."""

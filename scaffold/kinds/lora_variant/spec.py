@@ -1,7 +1,7 @@
 """The `kind: lora_variant` spec: a LoRA variant (a `LoraVariant` subclass switched on by `LoraConfig.use_<name>`).
 
 Structure and types are checked here; which names an expression may read is checked by the plan
-(`scaffold.extensions.lora_variant.plan`), where the whole spec is known. See docs/lora_variant.md.
+(`scaffold.kinds.lora_variant.plan`), where the whole spec is known. See docs/lora_variant.md.
 """
 
 from __future__ import annotations

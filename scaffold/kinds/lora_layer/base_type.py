@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from scaffold.errors import ScaffoldError
-from scaffold.extensions.lora_layer.spec import LoraLayerSpec
+from scaffold.kinds.lora_layer.spec import LoraLayerSpec
 
 
 # Runs in the subprocess: argv[1] is a JSON request, the answer is one JSON line on stdout.

@@ -38,60 +38,35 @@ from __future__ import annotations
 import ast
 import datetime
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from functools import partial
 
 import libcst as cst
 
+from scaffold.core.sites import Site
 from scaffold.errors import ScaffoldError
+from scaffold.kinds.tuner.registration import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register import _cst
 from scaffold.register import transforms as t
 from scaffold.register.locate import assigned_targets
-from scaffold.register.method import DiscoveredMethod, MethodNames, MethodRegistration
-from scaffold.register.tree import PeftTree
+from scaffold.register.tree import TOCTREE, PeftTree
 
 
-class Site(ABC):
-    name: str
-    relpath: str  # may contain "{name}", the method name
-    # False: PEFT itself leaves this out for some complete methods, so `doctor` reports it as optional, not a gap.
-    required: bool = True
+class TunerSite(Site):
+    """A site of `kind: tuner`, which `doctor` also checks for methods written by hand."""
 
-    def path(self, method_name: str) -> str:
-        return self.relpath.format(name=method_name)
-
-    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
-        """Why this site does not apply to registering `reg` in `tree` (None: it applies)."""
-        return None
+    @abstractmethod
+    def is_registered(self, source: str | None, method: MethodNames) -> bool: ...
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         """Why this site does not apply to an existing method (None: it should be registered here)."""
         return None
 
-    @abstractmethod
-    def apply(self, source: str | None, reg: MethodRegistration) -> str | None:
-        """The file's new text with `reg` registered (unchanged if it already is). None deletes the file."""
-
-    @abstractmethod
-    def remove(self, source: str | None, reg: MethodRegistration) -> str | None:
-        """The inverse of `apply`: `remove(apply(x)) == x`."""
-
-    @abstractmethod
-    def is_registered(self, source: str | None, method: MethodNames) -> bool: ...
-
     def doctor_is_registered(self, tree: PeftTree, method: DiscoveredMethod) -> bool:
         """`is_registered` for an existing method, reading the tree."""
         path = tree.root / self.path(method.name)
         return self.is_registered(path.read_text(encoding="utf-8") if path.is_file() else None, method)
-
-    def _require(self, source: str | None, method_name: str) -> str:
-        if source is None:
-            raise ScaffoldError(self.path(method_name), "file not found; expected in a PEFT source tree")
-        return source
-
-    def __repr__(self) -> str:
-        return f"<site {self.name}: {self.relpath}>"
 
 
 def _tests_skip(tree: PeftTree) -> str | None:
@@ -105,7 +80,7 @@ def _no_package(method: DiscoveredMethod) -> str | None:
 # -- 1. PeftType -----------------------------------------------------------------------------------------------------
 
 
-class PeftTypeSite(Site):
+class PeftTypeSite(TunerSite):
     name = "peft_types"
     relpath = "src/peft/utils/peft_types.py"
 
@@ -148,7 +123,7 @@ def peft_type_members(source: str) -> list[str]:
 # -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
 
 
-class TunersInitSite(Site):
+class TunersInitSite(TunerSite):
     name = "tuners_init"
     relpath = "src/peft/tuners/__init__.py"
 
@@ -184,7 +159,7 @@ class TunersInitSite(Site):
 # -- 3. peft/__init__.py ---------------------------------------------------------------------------------------------
 
 
-class PeftInitSite(Site):
+class PeftInitSite(TunerSite):
     name = "peft_init"
     relpath = "src/peft/__init__.py"
 
@@ -256,7 +231,7 @@ def _last_mapping(body: Sequence[ast.stmt]) -> int | None:
     return last
 
 
-class ConstantsSite(Site):
+class ConstantsSite(TunerSite):
     name = "constants"
     relpath = "src/peft/utils/constants.py"
 
@@ -307,7 +282,7 @@ class ConstantsSite(Site):
 # -- 5. re-exports of the mapping ------------------------------------------------------------------------------------
 
 
-class ReexportSite(Site):
+class ReexportSite(TunerSite):
     """The mapping re-exported through `from .<module> import (...)` and `__all__` (PEFT does it for all but a few
     methods, e.g. hira and osf, so `doctor` treats it as optional)."""
 
@@ -369,7 +344,7 @@ class _RemoveUnusedImport(t.Edit):
         return self._removal(tree.code).transform_module_impl(tree)
 
 
-class TestConfigSite(Site):
+class TestConfigSite(TunerSite):
     name = "test_config"
     relpath = "tests/test_config.py"
 
@@ -411,7 +386,7 @@ NOT_CUSTOM_MODEL_TESTABLE = {
 }
 
 
-class TestCustomModelsSite(Site):
+class TestCustomModelsSite(TunerSite):
     """A bannered block of TEST_CASES rows (desc, model id, Config, kwargs), appended at the end like PEFT does."""
 
     name = "test_custom_models"
@@ -457,7 +432,7 @@ class TestCustomModelsSite(Site):
         return t.has_row(source, self.relpath, "TEST_CASES", 2, method.config_cls)
 
 
-class TestMultipleAdaptersSite(Site):
+class TestMultipleAdaptersSite(TunerSite):
     """MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES rows: (desc, method name, Config, kwargs1, kwargs2). Optional in PEFT
     (methods without multi-adapter support, e.g. ln_tuning and osf, have none)."""
 
@@ -502,7 +477,6 @@ class TestMultipleAdaptersSite(Site):
 # -- 8. docs ---------------------------------------------------------------------------------------------------------
 
 DOCS_DIR = "docs/source/package_reference"
-TOCTREE = "docs/source/_toctree.yml"
 
 _LICENSE = """<!--Copyright {year} The HuggingFace Team. All rights reserved.
 
@@ -536,7 +510,7 @@ def docs_page(reg: MethodRegistration, year: int | None = None) -> str:
     return "\n".join(parts)
 
 
-class DocsPageSite(Site):
+class DocsPageSite(TunerSite):
     name = "docs_page"
     relpath = DOCS_DIR + "/{name}.md"
 
@@ -572,7 +546,7 @@ def find_docs_page(tree: PeftTree, method_name: str) -> str | None:
     return None
 
 
-class DocsToctreeSite(Site):
+class DocsToctreeSite(TunerSite):
     """Entries in the toctree's method lists (see `toctree`, which edits the YAML as lines)."""
 
     name = "docs_toctree"
@@ -612,7 +586,7 @@ class DocsToctreeSite(Site):
 
 # -- the list ----------------------------------------------------------------------------------------------------------
 
-SITES: list[Site] = [
+SITES: list[TunerSite] = [
     PeftTypeSite(),
     TunersInitSite(),
     PeftInitSite(),
@@ -625,6 +599,3 @@ SITES: list[Site] = [
     DocsPageSite(),
     DocsToctreeSite(),
 ]
-
-# Enough for PEFT to import and `get_peft_model` the method (used by `new --peft-root` before the full registrar).
-MINIMAL_SITES: list[Site] = SITES[:3]

@@ -22,16 +22,24 @@ from typing import Any
 
 import libcst as cst
 
+from scaffold.core.sites import Site
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register import transforms as t
 from scaffold.register.locate import Assignment
+from scaffold.register.tree import PeftTree
 
 
+LORA_DIR = "src/peft/tuners/lora"
 CONFIG = "src/peft/tuners/lora/config.py"
 LAYER = "src/peft/tuners/lora/layer.py"
 TEST_CUSTOM_MODELS = "tests/test_custom_models.py"
 CONFIG_CLASS = "LoraConfig"
+
+
+def module_path(name: str, standalone: bool = False) -> str:
+    """The variant's module: in PEFT's LoRA package, or top-level (`--out`)."""
+    return f"{name}.py" if standalone else f"{LORA_DIR}/{name}.py"
 
 
 @dataclass(frozen=True)
@@ -446,13 +454,26 @@ def remove_tests(source: str, reg: VariantRegistration) -> str:
     return t.run(source, TEST_CUSTOM_MODELS, edit)
 
 
-@dataclass(frozen=True)
-class VariantSite:
-    name: str
-    relpath: str
-    apply: Any
-    remove: Any
-    needs_tests: bool = False
+class VariantSite(Site):
+    """A site edited by a pair of functions (`apply(source, reg)`, `remove(source, reg)`), both given the text."""
+
+    def __init__(self, name: str, relpath: str, apply: Any, remove: Any, needs_tests: bool = False) -> None:
+        self.name, self.relpath, self._apply, self._remove, self.needs_tests = (
+            name,
+            relpath,
+            apply,
+            remove,
+            needs_tests,
+        )
+
+    def skip_reason(self, tree: PeftTree, reg: Any) -> str | None:
+        return "tree has no tests/" if self.needs_tests and not tree.has_tests else None
+
+    def apply(self, source: str | None, reg: VariantRegistration) -> str:
+        return self._apply(self._require(source, reg.name), reg)
+
+    def remove(self, source: str | None, reg: VariantRegistration) -> str:
+        return self._remove(self._require(source, reg.name), reg)
 
 
 SITES: tuple[VariantSite, ...] = (

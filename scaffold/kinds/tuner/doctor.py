@@ -18,10 +18,11 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from scaffold.core.manifest import read_manifest
 from scaffold.errors import ScaffoldError
-from scaffold.register.manifest import read_manifest
-from scaffold.register.method import DiscoveredMethod
-from scaffold.register.sites import SITES, Site, peft_type_members
+from scaffold.kinds.tuner import KIND
+from scaffold.kinds.tuner.registration import DiscoveredMethod
+from scaffold.kinds.tuner.sites import SITES, TunerSite, peft_type_members
 from scaffold.register.tree import PeftTree
 
 
@@ -106,7 +107,7 @@ def discover_methods(tree: PeftTree) -> list[DiscoveredMethod]:
             model_cls=kwargs.get("model_cls", ""),
             has_package=True,
             constant_names=tuple(sorted(set(_MAPPING_USE.findall(source)))),
-            generated=read_manifest(tree.root, name) is not None,
+            generated=read_manifest(tree.root, KIND, name) is not None,
         )
     for member in members:
         if member.lower() not in found:
@@ -114,7 +115,7 @@ def discover_methods(tree: PeftTree) -> list[DiscoveredMethod]:
     return [found[k] for k in sorted(found)]
 
 
-def doctor(tree: PeftTree, name: str | None = None, sites: list[Site] = SITES) -> list[DoctorRow]:
+def doctor(tree: PeftTree, name: str | None = None, sites: list[TunerSite] = SITES) -> list[DoctorRow]:
     methods = discover_methods(tree)
     if name is not None:
         methods = [method for method in methods if method.name == name]
@@ -123,7 +124,7 @@ def doctor(tree: PeftTree, name: str | None = None, sites: list[Site] = SITES) -
     return [_check(tree, method, sites) for method in methods]
 
 
-def _check(tree: PeftTree, method: DiscoveredMethod, sites: list[Site]) -> DoctorRow:
+def _check(tree: PeftTree, method: DiscoveredMethod, sites: list[TunerSite]) -> DoctorRow:
     statuses: dict[str, str] = {}
     for site in sites:
         reason = site.doctor_skip_reason(tree, method)

@@ -15,12 +15,12 @@ Two sites, each an edit with its exact inverse (`remove(apply(x)) == x`, byte fo
 - src/peft/tuners/lora/__init__.py imports and exports the class (`from .convtranspose2d import ...` among the
   other `from .<module>` lines, in isort order, and an `__all__` entry in RUF022 order).
 
-A manifest (`src/peft/tuners/lora/.peft-scaffold-lora_layer-<name>.json`) records what was generated, for `remove`.
+A manifest (`src/peft/tuners/lora/.peft-scaffold-lora_layer-<name>.json`) records what was generated, for `remove`
+(see `scaffold.core.manifest`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +28,10 @@ from typing import Any
 
 import libcst as cst
 
-from scaffold import __version__
-from scaffold.changeset import ChangeSet
+from scaffold.core.manifest import Manifest
+from scaffold.core.sites import Site
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
-from scaffold.register.manifest import TOOL, changed_files, hash_generated, load_manifest
 from scaffold.register.transforms import (
     AddPackageImport,
     AddToDunderAll,
@@ -47,16 +46,10 @@ from scaffold.register.transforms import (
 
 LAYER_PY = "src/peft/tuners/lora/layer.py"
 LORA_INIT = "src/peft/tuners/lora/__init__.py"
-KIND = "lora_layer"
-FORMAT = 1
 
 
 def module_path(name: str) -> str:
     return f"src/peft/tuners/lora/{name}.py"
-
-
-def manifest_path(name: str) -> str:
-    return f"src/peft/tuners/lora/.peft-scaffold-{KIND}-{name}.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +59,13 @@ class LayerRegistration:
     name: str  # module name: src/peft/tuners/lora/<name>.py
     class_name: str
     base_path: str  # the isinstance target, e.g. torch.nn.ConvTranspose2d
+
+    def to_data(self) -> dict[str, str]:
+        return {"name": self.name, "class_name": self.class_name, "base_layer": self.base_path}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> LayerRegistration:
+        return cls(name=data["name"], class_name=data["class_name"], base_path=data["base_layer"])
 
 
 # -- dispatch_default -------------------------------------------------------------------------------------------
@@ -229,63 +229,46 @@ def dispatched_types(source: str) -> list[str]:
 # -- the sites -------------------------------------------------------------------------------------------------
 
 
-def plan_registration(changeset: ChangeSet, reg: LayerRegistration) -> list[str]:
-    """Stack both registry edits into `changeset`; return one note per site."""
-    notes = []
-    for rel, edits in _sites(reg, add=True):
-        before = changeset.read(rel)
-        if before is None:
-            raise ScaffoldError(rel, "missing; expected in a PEFT source tree")
-        after = run(before, rel, *edits)
-        if after != before:
-            changeset.write(rel, after)
-        notes.append(f"{_SITE_NAMES[rel]} ({rel}): {'changed' if after != before else 'already registered'}")
-    return notes
+class DispatchSite(Site):
+    """The branch of `dispatch_default` in layer.py."""
+
+    name = "dispatch_default"
+    relpath = LAYER_PY
+
+    def apply(self, source: str | None, reg: LayerRegistration) -> str:
+        return run(self._require(source, reg.name), LAYER_PY, lambda ctx: AddDispatchBranch(ctx, reg))
+
+    def remove(self, source: str | None, reg: LayerRegistration) -> str:
+        return run(self._require(source, reg.name), LAYER_PY, lambda ctx: RemoveDispatchBranch(ctx, reg))
 
 
-def plan_unregistration(changeset: ChangeSet, reg: LayerRegistration) -> list[str]:
-    notes = []
-    for rel, edits in reversed(_sites(reg, add=False)):
-        before = changeset.read(rel)
-        if before is None:
-            notes.append(f"{_SITE_NAMES[rel]} ({rel}): not registered")
-            continue
-        after = run(before, rel, *edits)
-        if after != before:
-            changeset.write(rel, after)
-        notes.append(f"{_SITE_NAMES[rel]} ({rel}): {'removed' if after != before else 'not registered'}")
-    notes.reverse()
-    return notes
+class ExportSite(Site):
+    """`from .<name> import <Class>` and the `__all__` entry in LoRA's __init__.py."""
 
+    name = "lora exports"
+    relpath = LORA_INIT
 
-_SITE_NAMES = {LAYER_PY: "dispatch_default", LORA_INIT: "lora exports"}
-
-
-def _sites(reg: LayerRegistration, *, add: bool) -> list[tuple[str, list[Callable[[EditContext], Edit]]]]:
-    if add:
-        return [
-            (LAYER_PY, [lambda ctx: AddDispatchBranch(ctx, reg)]),
-            (
-                LORA_INIT,
-                [
-                    lambda ctx: AddPackageImport(ctx, reg.name, [reg.class_name]),
-                    lambda ctx: AddToDunderAll(ctx, [reg.class_name]),
-                ],
-            ),
-        ]
-    return [
-        (LAYER_PY, [lambda ctx: RemoveDispatchBranch(ctx, reg)]),
-        (
+    def apply(self, source: str | None, reg: LayerRegistration) -> str:
+        return run(
+            self._require(source, reg.name),
             LORA_INIT,
-            [
-                lambda ctx: RemoveFromDunderAll(ctx, [reg.class_name]),
-                lambda ctx: RemovePackageImport(ctx, reg.name),
-            ],
-        ),
-    ]
+            lambda ctx: AddPackageImport(ctx, reg.name, [reg.class_name]),
+            lambda ctx: AddToDunderAll(ctx, [reg.class_name]),
+        )
+
+    def remove(self, source: str | None, reg: LayerRegistration) -> str:
+        return run(
+            self._require(source, reg.name),
+            LORA_INIT,
+            lambda ctx: RemoveFromDunderAll(ctx, [reg.class_name]),
+            lambda ctx: RemovePackageImport(ctx, reg.name),
+        )
 
 
-def check_collision(root: Path, reg: LayerRegistration, manifest: LayerManifest | None) -> None:
+SITES: tuple[Site, ...] = (DispatchSite(), ExportSite())
+
+
+def check_collision(root: Path, reg: LayerRegistration, manifest: Manifest | None) -> None:
     """Refuse names and types the tree already uses (unless our own manifest says we generated them)."""
     layer_source = (root / LAYER_PY).read_text(encoding="utf-8") if (root / LAYER_PY).is_file() else None
     if layer_source is None:
@@ -313,53 +296,3 @@ def check_collision(root: Path, reg: LayerRegistration, manifest: LayerManifest 
     init_source = (root / LORA_INIT).read_text(encoding="utf-8")
     if reg.class_name in dunder_all_names(_cst.parse(init_source, LORA_INIT)):
         raise ScaffoldError(LORA_INIT, f"already exports {reg.class_name!r}; choose another `class_name`")
-
-
-# -- the manifest ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LayerManifest:
-    registration: LayerRegistration
-    spec_hash: str
-    files: dict[str, str]  # relpath -> sha256 of the generated text
-    tool_version: str = __version__
-
-    @property
-    def relpath(self) -> str:
-        return manifest_path(self.registration.name)
-
-    def to_json(self) -> str:
-        reg = self.registration
-        data = {
-            "format": FORMAT,
-            "tool": TOOL,
-            "tool_version": self.tool_version,
-            "kind": KIND,
-            "name": reg.name,
-            "class_name": reg.class_name,
-            "base_layer": reg.base_path,
-            "spec_hash": self.spec_hash,
-            "edits": [f"{LAYER_PY}: dispatch_default branch", f"{LORA_INIT}: import and __all__"],
-            "files": dict(sorted(self.files.items())),
-        }
-        return json.dumps(data, indent=2) + "\n"
-
-
-def write_manifest(changeset: ChangeSet, reg: LayerRegistration, files: list[str], spec_hash: str) -> LayerManifest:
-    manifest = LayerManifest(reg, spec_hash, hash_generated(changeset, files, changeset.root))
-    changeset.write(manifest.relpath, manifest.to_json())
-    return manifest
-
-
-def read_manifest(root: Path | ChangeSet, name: str) -> LayerManifest | None:
-    return load_manifest(root, manifest_path(name), _manifest_from_data, kind=KIND, format_version=FORMAT)
-
-
-def _manifest_from_data(data: dict[str, Any]) -> LayerManifest:
-    reg = LayerRegistration(name=data["name"], class_name=data["class_name"], base_path=data["base_layer"])
-    return LayerManifest(reg, data["spec_hash"], dict(data["files"]), data.get("tool_version", ""))
-
-
-def edited_files(changeset: ChangeSet, manifest: LayerManifest) -> list[str]:
-    return changed_files(changeset, manifest.files)

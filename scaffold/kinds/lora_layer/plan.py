@@ -16,7 +16,7 @@ import ast
 from dataclasses import dataclass, field
 
 from scaffold.errors import ScaffoldError
-from scaffold.extensions.lora_layer.spec import LoraLayerSpec
+from scaffold.kinds.lora_layer.spec import LoraLayerSpec
 from scaffold.spec.expressions import Expression, ExpressionError, parse_expression, render
 
 

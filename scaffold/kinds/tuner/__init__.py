@@ -1,0 +1,86 @@
+"""`kind: tuner`: a new PEFT method, src/peft/tuners/<name>/ (config, model, layer), its tests and an example.
+
+    spec      scaffold/spec/model.py (`MethodSpec`)
+    plan      scaffold/plan/ (`build_plan`; `registration_for`: names, target modules, PEFT test-matrix rows)
+    files     `files` here, templates/tuner/, templates/tests/, templates/examples/
+    sites     `sites` here: PeftType, exports, constants, test matrices, docs (the PEFT contributor checklist)
+    also      `collision` (names another method uses), `doctor` (every method of a tree, hand-written ones too)
+
+The planner still lives in scaffold/plan (it is the oldest kind); moving it under this package is the next step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaffold.core.kind import Kind
+from scaffold.core.manifest import MANIFEST_NAME, Manifest
+from scaffold.kinds.tuner import files
+from scaffold.kinds.tuner.registration import MethodRegistration
+from scaffold.kinds.tuner.sites import SITES
+from scaffold.plan import MethodPlan, build_plan
+from scaffold.render.files import Layout
+from scaffold.spec.model import MethodSpec
+
+
+class TunerKind(Kind):
+    name = "tuner"
+    spec_model = MethodSpec
+    sites = SITES
+
+    def plan(self, spec: MethodSpec, source: str, tree: Any) -> MethodPlan:
+        return build_plan(spec, source=source)
+
+    def templates(self, plan: MethodPlan, layout: Layout) -> dict[str, str]:
+        return files.paths_for(plan, layout)
+
+    def context(self, plan: MethodPlan, layout: Layout) -> dict[str, Any]:
+        # in a tree, the `constants` site defines the method's own target-module mapping in peft.utils
+        return files.context(plan, layout, registered_constants=layout is Layout.PEFT_TREE)
+
+    def first_party(self, plan: MethodPlan, layout: Layout) -> tuple[str, ...]:
+        return files.first_party(plan, layout)
+
+    def headline(self, plan: MethodPlan, layout: Layout) -> str:
+        return plan.config_cls
+
+    def registration(self, plan: MethodPlan) -> MethodRegistration:
+        from scaffold.plan.registration import registration_for
+
+        return registration_for(plan)
+
+    def registration_from_data(self, data: dict[str, Any]) -> MethodRegistration:
+        return MethodRegistration.from_data(data)
+
+    def manifest_path(self, method_name: str) -> str:
+        return f"src/peft/tuners/{method_name}/{MANIFEST_NAME}"
+
+    def check_tree(
+        self, tree: Any, changeset: Any, plan: MethodPlan, reg: MethodRegistration, manifest: Manifest | None
+    ) -> None:
+        from scaffold.kinds.tuner.collision import check_collision
+
+        check_collision(tree, reg, manifest)
+
+    def summary(self, spec: MethodSpec, source: str) -> dict[str, Any]:
+        plan = build_plan(spec, source=source)
+        return {
+            "name": plan.name,
+            "kind": self.name,
+            "title": plan.title,
+            "peft_type": plan.peft_type,
+            "prefix": plan.prefix,
+            "config_class": plan.config_cls,
+            "model_class": plan.model_cls,
+            "layer_classes": [plan.layer_cls] + [lc.family.class_name for lc in plan.layer_classes],
+            "layer_types": list(plan.spec.layers),
+            "hyperparameters": {hp.name: hp.annotation for hp in plan.hyperparameters},
+            "weights": {
+                w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights
+            },
+            "files": sorted(files.paths_for(plan, Layout.PEFT_TREE).values()),
+            "registers": [site.name for site in SITES],
+        }
+
+
+KIND = TunerKind()
