@@ -7,13 +7,12 @@ Errors print as one line on stderr, never as a traceback (set PEFT_SCAFFOLD_DEBU
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -287,29 +286,7 @@ def demo(
 
 
 def main() -> None:
-    # A short-lived process that builds large trees (libcst nodes, ast): collect cycles rarely, as mypy does.
-    gc.set_threshold(200_000, 30, 30)
-    try:
-        app()
-        status = 0
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            status = exc.code or 0
-        else:
-            sys.stderr.write(f"{exc.code}\n")
-            status = 1
-    _exit_now(status)
-
-
-def _exit_now(status: int) -> NoReturn:
-    """Exit without the interpreter's teardown, as mypy does: freeing every module and libcst node one by one takes
-    a sixth of `new`'s time. Everything the command wrote is closed by now; only the standard streams need a flush."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):  # `| head` closed the pipe; a stream closed by the caller
-            pass
-    os._exit(status)
+    app()
 
 
 if __name__ == "__main__":

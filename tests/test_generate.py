@@ -164,37 +164,3 @@ def test_custom_target_modules_are_rendered_into_model():
     model = render_method(plan, layout=Layout.STANDALONE)["reflora/model.py"]
     assert '{"llama": ["q_proj", "v_proj"]}' in model
     assert "TRANSFORMERS_MODELS_TO_LORA" not in model
-
-
-@pytest.fixture
-def fresh_template_cache(tmp_path, monkeypatch):
-    from scaffold.render import templates
-
-    monkeypatch.setenv("PEFT_SCAFFOLD_CACHE", str(tmp_path))
-    templates.environment.cache_clear()
-    yield tmp_path / "jinja2"
-    templates.environment.cache_clear()
-
-
-def test_compiled_templates_are_cached_between_runs(fresh_template_cache, monkeypatch):
-    from scaffold.render import templates
-
-    templates.environment().get_template("tuner/config.py.j2")
-    assert len(list(fresh_template_cache.glob("*.cache"))) == 1
-    templates.environment.cache_clear()  # as a new process would start
-    env = templates.environment()
-    monkeypatch.setattr(env, "compile", lambda *args, **kwargs: pytest.fail("compiled again"))
-    assert env.get_template("tuner/config.py.j2").name == "tuner/config.py.j2"
-
-
-def test_an_unwritable_template_cache_only_costs_speed(fresh_template_cache, monkeypatch):
-    import jinja2
-
-    from scaffold.render import templates
-
-    def refuse(self, bucket):
-        raise PermissionError("read-only")
-
-    monkeypatch.setattr(jinja2.FileSystemBytecodeCache, "dump_bytecode", refuse)
-    assert templates.environment().get_template("tuner/config.py.j2") is not None
-    assert not list(fresh_template_cache.glob("*.cache"))

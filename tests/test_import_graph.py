@@ -17,7 +17,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__main__.py"}  # that one runs the CLI
+MODULES = {
+    _module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__main__.py"
+}  # that one runs the CLI
 
 
 def _is_type_checking(node: ast.If) -> bool:

@@ -9,6 +9,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from scaffold.errors import ScaffoldError
 from scaffold.render.format import format_sources
 from scaffold.render.templates import environment
 
@@ -46,5 +49,14 @@ def render_files(
     env = environment(str(templates) if templates is not None else None)
     year = next((y for out in paths.values() if (y := header_year(read_existing(out))) is not None), None)
     full = {**context, "year": year or datetime.date.today().year}
-    rendered = {out: env.get_template(name).render(**full) for name, out in paths.items()}
+    try:
+        rendered = {out: env.get_template(name).render(**full) for name, out in paths.items()}
+    except jinja2.TemplateSyntaxError as exc:  # an overriding template (the built-in ones are tested)
+        raise ScaffoldError(
+            f"{exc.filename or exc.name}:{exc.lineno}", f"template syntax error ({exc.message})"
+        ) from None
+    except jinja2.UndefinedError as exc:
+        raise ScaffoldError(
+            str(templates or "templates"), f"a template uses an unknown variable ({exc.message})"
+        ) from None
     return format_sources(rendered, first_party=first_party)

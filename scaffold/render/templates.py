@@ -7,34 +7,12 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-import jinja2.bccache
 
-from scaffold.peft_source import default_cache_dir
 from scaffold.resources import resource_dir
 
 
 def template_dir() -> Path:
     return resource_dir("templates")
-
-
-class _BytecodeCache(jinja2.FileSystemBytecodeCache):
-    """Compiled templates, kept between runs: compiling them is a third of the time `new` takes. Entries carry a
-    checksum of the template's source, so an edited or overriding template is compiled afresh."""
-
-    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            super().dump_bytecode(bucket)
-        except OSError:
-            pass  # a cache we cannot write to (full disk, another user's directory) only costs speed
-
-
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    directory = default_cache_dir() / "jinja2"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # a read-only home: compile every time
-    return _BytecodeCache(str(directory))
 
 
 @cache
@@ -47,7 +25,6 @@ def environment(override_dir: str | None = None) -> jinja2.Environment:
         loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(override_dir), builtin])
     env = jinja2.Environment(
         loader=loader,
-        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,  # a template typo must fail loudly, not render an empty string
         trim_blocks=True,
         lstrip_blocks=True,

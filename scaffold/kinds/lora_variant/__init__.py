@@ -21,6 +21,7 @@ from scaffold.render.files import Layout
 if TYPE_CHECKING:
     from scaffold.kinds.lora_variant.plan import VariantPlan
 
+
 class LoraVariantKind(Kind):
     name = "lora_variant"
     spec_model = LoraVariantSpec

@@ -74,7 +74,7 @@ class TunerKind(Kind):
             "model_class": plan.model_cls,
             "layer_classes": [plan.layer_cls] + [lc.family.class_name for lc in plan.layer_classes],
             "layer_types": list(plan.spec.layers),
-            "hyperparameters": {hp.name: hp.annotation for hp in plan.hyperparameters},
+            "hyperparameters": {hp.name: f"{hp.annotation} = {hp.default}" for hp in plan.hyperparameters},
             "weights": {
                 w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights
             },
