@@ -1,0 +1,67 @@
+"""The reference LyCORIS specs (reference_methods/loha.yaml, lokr.yaml) in a real PEFT 0.21.2 tree.
+
+Both are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
+(tests/test_custom_models.py and tests/test_config.py, the rows the registrar added) passes with 0 failed, the
+generated tests pass, and ruff (PEFT's settings) and mypy report nothing on the generated code. Numerical parity
+with PEFT's LoHa/LoKr is tests/test_zoo_parity.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scaffold.cli import app
+from scaffold.peft_source import copy_peft_tree
+from scaffold.plan import build_plan
+from scaffold.plan.method import MethodPlan
+from scaffold.spec import load_spec
+from scaffold.verify import lint_generated, run_pytest
+
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = [REPO / "reference_methods" / "loha.yaml", REPO / "reference_methods" / "lokr.yaml"]
+# Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
+OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def zoo_tree(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("zoo-in-tree") / "peft")
+    for spec in SPECS:
+        result = CliRunner().invoke(app, ["new", str(spec), "--peft-root", str(tree)])
+        assert result.exit_code == 0, result.output
+    return tree
+
+
+def _plan(spec: Path) -> MethodPlan:
+    return build_plan(load_spec(spec))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_peft_own_matrix_passes(spec: Path, zoo_tree: Path) -> None:
+    plan = _plan(spec)
+    custom = run_pytest(zoo_tree, ["tests/test_custom_models.py", "-k", plan.class_name])
+    assert custom.failed == 0 and custom.errors == 0, custom.output_tail
+    # the method's rows (MLP, Conv1d, Conv2d, two adapters) really ran through PEFT's custom-model matrix
+    assert custom.passed > 200, custom.output_tail
+
+    config = run_pytest(zoo_tree, ["tests/test_config.py", "-k", f"{plan.config_cls} and {OFFLINE_DESELECT}"])
+    assert config.failed == 0 and config.errors == 0, config.output_tail
+    assert config.passed > 10, config.output_tail
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_generated_tests_pass_and_code_is_lint_clean(spec: Path, zoo_tree: Path) -> None:
+    plan = _plan(spec)
+    test_file = f"tests/test_{plan.name}.py"
+    counts = run_pytest(zoo_tree, [test_file])
+    assert counts.failed == 0 and counts.errors == 0, counts.output_tail
+    assert counts.passed >= 10 * len(plan.spec.layers)
+
+    report = lint_generated(zoo_tree, [f"src/peft/tuners/{plan.name}", test_file, f"examples/{plan.name}"])
+    assert report.ok, (report.findings, report.ruff_check, report.mypy)
