@@ -269,16 +269,48 @@ def schema() -> None:
 
 @app.command()
 @handle_errors
+def verify(
+    spec: Annotated[Path, typer.Argument(help="The method spec (YAML) the method was generated from.")],
+    peft_root: Annotated[Path, typer.Option("--peft-root", help="The PEFT source tree it was generated into.")],
+    fast: Annotated[bool, typer.Option("--fast", help="Only the numeric probe (seconds).")] = False,
+    skip_peft_tests: Annotated[
+        bool, typer.Option("--skip-peft-tests", help="Skip PEFT's own test_custom_models.py / test_config.py.")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="pytest-xdist workers for the test runs.")] = 2,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that the method generated from SPEC into a PEFT tree is sound.
+
+    First a numeric probe on a tiny random layer of every listed layer type (identity init is a no-op, one
+    training step moves every trainable weight, merge/unmerge round-trips, two active adapters equal their merge,
+    no NaN/inf, fp16/bf16 forward, and agreement with an independent evaluation of the spec), then the method's
+    generated tests, ruff + mypy on the generated code, and PEFT's own test_custom_models.py / test_config.py rows
+    for it. Prints one table; exit 0 when all is green, 1 when anything fails, 2 on bad input.
+    """
+    from scaffold.verify.run import run_verify
+
+    report = run_verify(
+        spec, peft_root, err if as_json else out, fast=fast, skip_peft_tests=skip_peft_tests, workers=workers
+    )
+    if as_json:
+        emit_json(report.as_dict())
+    if not report.ok:
+        raise ScaffoldError("verify", f"{len(report.failures)} failing check(s), see the table", FAILURE)
+
+
+@app.command()
+@handle_errors
 def demo(
     directory: Annotated[
         Path, typer.Argument(help="Where to put the demo PEFT tree (created; a previous demo there is replaced).")
     ] = Path("peft-scaffold-demo"),
     as_json: JsonOption = False,
 ) -> None:
-    """Generate the reference LoRA into a fresh PEFT 0.21.2 tree and run its tests.
+    """Generate the reference LoRA into a fresh PEFT 0.21.2 tree and `verify` it.
 
     Downloads the PEFT sdist once (cached), copies it to DIRECTORY, runs `new` with the reference spec, then
-    runs the generated tests plus ruff and mypy on the generated code, and prints a summary.
+    `verify` (the numeric probe, the generated tests, ruff and mypy on the generated code, PEFT's own tests for
+    it), and prints a summary.
     """
     from scaffold.demo import run_demo
 

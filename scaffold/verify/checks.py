@@ -35,6 +35,8 @@ class TestCounts:
     skipped: int = 0
     returncode: int = 0
     output_tail: str = ""
+    # (test id, first line of its failure or error message) for each failing test
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +92,13 @@ def run_pytest(tree: Path, args: list[str], *, workers: int = 2, timeout: float 
                 counts.passed += (
                     total - int(suite.get("failures", 0)) - int(suite.get("errors", 0)) - int(suite.get("skipped", 0))
                 )
+                for case in suite.iter("testcase"):
+                    problem = case.find("failure")
+                    if problem is None:
+                        problem = case.find("error")
+                    if problem is not None:
+                        message = (problem.get("message") or problem.text or "").strip()
+                        counts.failures.append((case.get("name", "?"), message.splitlines()[0] if message else ""))
         return counts
 
 
