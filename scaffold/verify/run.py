@@ -185,7 +185,8 @@ def probe_stage(report: dict[str, Any]) -> tuple[list[Stage], list[Failure]]:
             stages.append(Stage(f"probe: {check}", False, detail, {"layers": results}))
             failures.append(Failure("probe", check, failed, hint))
         else:
-            stages.append(Stage(f"probe: {check}", True, f"ok ({', '.join(results)})", {"layers": results}))
+            count = f"{len(results)} layer type{'s' if len(results) != 1 else ''}"
+            stages.append(Stage(f"probe: {check}", True, f"ok ({count})", {"layers": results}))
     return stages, failures
 
 
