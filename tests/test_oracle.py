@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from scaffold.spec import load_spec
 from scaffold.spec.expressions import parse_expression

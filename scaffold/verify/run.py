@@ -213,8 +213,7 @@ def pytest_stage(name: str, counts: TestCounts) -> tuple[Stage, list[Failure]]:
         reason = "no test ran" if counts.passed == 0 else f"pytest exited {counts.returncode}"
         tail = counts.output_tail.strip().splitlines()[-1:] or [""]
         failures.append(Failure(name, "pytest", ["-"], f"{reason}: {tail[0][:160]}"))
-    data: dict[str, Any] = dict(counts.as_dict())
-    return Stage(name, counts.ok, _counts(counts.as_dict()), data), failures
+    return Stage(name, counts.ok, _counts(counts.as_dict()), {"tests": counts.as_dict()}), failures
 
 
 def lint_stage(report: LintReport) -> tuple[Stage, list[Failure]]:
