@@ -3,9 +3,8 @@ LoRA variant tests (tests/test_lora_variant_parity.py, tests/test_lora_variant_i
 
 Two halves:
 
-* `generate_into_tree` puts a generated method into a writable PEFT source tree: through the CLI
-  (`python -m scaffold new SPEC --peft-root TREE`) when it exists and succeeds, else through the Python API plus
-  minimal text edits registering it (a `PeftType` member and an import in `peft/tuners/__init__.py`).
+* `generate_into_tree` puts a generated method into a writable PEFT source tree through the CLI
+  (`python -m scaffold new SPEC --peft-root TREE`); if that fails, the test errors.
 * `run_parity` runs this file as a script in a subprocess with `PYTHONPATH=TREE/src`, so the tree's `peft` is the
   only `peft` imported there (never the one installed in the test environment). The script builds tiny one-layer
   models, puts PEFT's own LoRA (`init_lora_weights=False`) on one copy and the generated `reflora` on another, copies
@@ -24,11 +23,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,74 +83,17 @@ JSON_MARKER = "PARITY_JSON: "
 
 
 def generate_into_tree(tree: Path, spec: Path) -> None:
-    """Generate the method of `spec` into the PEFT source tree `tree` and register it there.
-
-    Uses the CLI when `scaffold/__main__.py` exists and `scaffold new` exits 0; otherwise the Python API and minimal
-    text edits. A CLI that exists but fails is reported as a warning (the fallback still runs).
-    """
+    """Generate the method of `spec` into the PEFT source tree `tree` and register it there, through the CLI users
+    run (`python -m scaffold new SPEC --peft-root TREE`). A failure is an error: the parity tests must test what
+    `new` produces, never a stand-in path."""
     tree, spec = Path(tree).resolve(), Path(spec).resolve()
-    if (REPO_ROOT / "scaffold" / "__main__.py").is_file():
-        cmd = [sys.executable, "-m", "scaffold", "new", str(spec), "--peft-root", str(tree)]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-        if proc.returncode == 0:
-            return
-        warnings.warn(
-            f"`scaffold new` exited {proc.returncode}; falling back to the Python API.\n"
-            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}",
-            stacklevel=2,
+    cmd = [sys.executable, "-m", "scaffold", "new", str(spec), "--peft-root", str(tree)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`scaffold new {spec.name} --peft-root {tree}` exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
-    _generate_with_api(tree, spec)
-
-
-def _generate_with_api(tree: Path, spec: Path) -> None:
-    from scaffold.kinds.tuner.files import render_method
-    from scaffold.plan import build_plan
-    from scaffold.spec import load_spec
-
-    plan = build_plan(load_spec(spec))
-    try:
-        spec_file = spec.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        spec_file = str(spec)
-    for relpath, text in render_method(plan, spec_file=spec_file).items():
-        path = tree / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    _register_by_text_edits(
-        tree, name=plan.name, peft_type=plan.peft_type, config_cls=plan.config_cls, model_cls=plan.model_cls
-    )
-
-
-def _register_by_text_edits(tree: Path, name: str, peft_type: str, config_cls: str, model_cls: str) -> None:
-    """Add `PEFT_TYPE = "PEFT_TYPE"` to `PeftType` and import the config/model classes in `peft/tuners/__init__.py`.
-
-    Idempotent: running it on a tree that already has either edit leaves that edit alone.
-    """
-    member = peft_type
-    types_file = tree / "src" / "peft" / "utils" / "peft_types.py"
-    lines = types_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.startswith("class PeftType("))
-    member_re = re.compile(r'^    ([A-Z0-9_]+) = "[A-Z0-9_]+"\s*$')
-    last_member, present = None, False
-    for i in range(start + 1, len(lines)):
-        line = lines[i]
-        if line.strip() and not line.startswith((" ", "\t")):
-            break  # the next top-level statement: the class body ended
-        match = member_re.match(line)
-        if match:
-            last_member = i
-            present = present or match.group(1) == member
-    if last_member is None:
-        raise RuntimeError(f"no members found in class PeftType of {types_file}")
-    if not present:
-        lines.insert(last_member + 1, f'    {member} = "{member}"\n')
-        types_file.write_text("".join(lines), encoding="utf-8")
-
-    tuners_init = tree / "src" / "peft" / "tuners" / "__init__.py"
-    text = tuners_init.read_text(encoding="utf-8")
-    import_line = f"from .{name} import {config_cls}, {model_cls}"
-    if not re.search(rf"^from \.{re.escape(name)} import ", text, flags=re.MULTILINE):
-        tuners_init.write_text(text.rstrip("\n") + "\n" + import_line + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

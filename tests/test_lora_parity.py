@@ -61,3 +61,10 @@ def test_reflora_matches_peft_lora(parity_report: dict[str, Any], case: str) -> 
 
     too_small = {key: result[key] for key in EFFECT_KEYS if not result[key] > MIN_EFFECT}
     assert not too_small, f"{case}: the adapter barely changes the model (vacuous comparison): {too_small}"
+
+
+def test_a_failing_new_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    """The parity tests test what `new --peft-root` produces: if it fails, so does the helper (no other code path)."""
+    with pytest.raises(RuntimeError, match="exited 2"):
+        generate_into_tree(tmp_path, REFERENCE_LORA_SPEC)  # not a PEFT tree
+    assert list(tmp_path.iterdir()) == []
