@@ -232,6 +232,8 @@ def make_case(layer_type: str) -> tuple[Any, Any, bool]:
         return nn.Conv1d(3, 6, 3, stride=2, padding=1), torch.randn(6, 3, 11), False
     if layer_type == "Conv2d":
         return nn.Conv2d(3, 6, (3, 2), stride=2, padding=1), torch.randn(6, 3, 9, 8), False
+    if layer_type == "Conv3d":
+        return nn.Conv3d(3, 6, (2, 3, 2), stride=(1, 2, 1), padding=1), torch.randn(4, 3, 5, 6, 4), False
     if layer_type == "Conv1D":
         layer = Conv1D(12, 10)  # nf=12 outputs, nx=10 inputs; weight stored (10, 12)
         with torch.no_grad():
