@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import copy
 import datetime
+import json
 import subprocess
 import sys
 import tempfile
@@ -545,21 +546,28 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=mutated_specs())
-def test_mutated_specs_never_crash_and_write_nothing_when_refused(data):
+def test_mutated_specs_never_crash_and_write_nothing_when_refused(data, shared_tree):
+    tree, pristine = shared_tree
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         spec_path = _write_spec(tmp_path, data)
         out = tmp_path / "out"
         checked = runner.invoke(app, ["check", str(spec_path)])
         generated = runner.invoke(app, ["new", str(spec_path), "--out", str(out)])
-        for result in (checked, generated):
+        in_tree = runner.invoke(app, ["new", str(spec_path), "--peft-root", str(tree), "--json"])
+        for result in (checked, generated, in_tree):
             assert "Traceback" not in result.output and "internal error" not in result.output, result.output
             assert result.exit_code in (0, 2), (result.exit_code, result.output)
             if result.exit_code == 2:
                 (line,) = result.stderr.strip().splitlines()
                 assert line.startswith(f"error: {spec_path}"), line
-        # `new` validates exactly as `check` does before it renders anything
-        assert (checked.exit_code == 2) == (generated.exit_code == 2), (checked.output, generated.output)
+                assert result.stdout.strip() == "", result.stdout
+        # `new` validates exactly as `check` does before it renders anything, whatever the destination
+        assert (checked.exit_code == 2) == (generated.exit_code == 2) == (in_tree.exit_code == 2), (
+            checked.output,
+            generated.output,
+            in_tree.output,
+        )
         written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
         if generated.exit_code == 2:
             assert written == []
@@ -568,4 +576,10 @@ def test_mutated_specs_never_crash_and_write_nothing_when_refused(data):
             for path in written:
                 if path.suffix == ".py":
                     ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            # accepted: the tree got the method; `remove` must take it out again, byte for byte
+            name = json.loads(in_tree.stdout)["name"]
+            removed = runner.invoke(app, ["remove", name, "--peft-root", str(tree)])
+            assert removed.exit_code == 0, removed.output
+        # every file of the tree hashed: refused, nothing was written; accepted then removed, nothing is left
+        assert snapshot_tree(tree) == pristine
         assert not (tmp_path / "pwned").exists()
