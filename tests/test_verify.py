@@ -166,3 +166,16 @@ def test_test_failures_are_grouped_by_test_name_with_a_hint(tmp_path):
     assert groups["test_merge_layers"].where == ["b", "c"]
     assert groups["test_merge_layers"].hint == TEST_HINTS["test_merge"]
     assert "boom happened" in groups["test_other"].hint  # no known hint: the failure's own first line
+
+
+def test_verify_itself_imports_no_torch():
+    """Only the probe's subprocess runs generated code (with the tree's peft); the command's process stays light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scaffold.cli, scaffold.verify.run, scaffold.verify.probe, scaffold.demo; "
+        "print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert proc.stdout.strip() == "[]"

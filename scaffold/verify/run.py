@@ -10,6 +10,7 @@ generated code runs in subprocesses.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -154,10 +155,14 @@ def resolve_target(spec_path: Path, peft_root: Path) -> Target:
 
 def run_probe(tree: Path, spec_path: Path, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
     """Run the probe script in a subprocess that imports the tree's peft; its report for `spec_path`."""
+    import scaffold
     from scaffold.verify.probe import JSON_MARKER
 
     command = [sys.executable, "-m", "scaffold.verify.probe", str(tree), str(spec_path)]
-    proc = subprocess.run(command, cwd=tree, env=tree_env(tree), capture_output=True, text=True, timeout=timeout)
+    env = tree_env(tree)
+    # scaffold itself, wherever it is installed, after the tree's src: the tree's peft still comes first
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(Path(scaffold.__file__).resolve().parent.parent)])
+    proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
     if proc.returncode != 0 or len(lines) != 1:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
