@@ -120,22 +120,22 @@ class Target:
 
 def resolve_target(spec_path: Path, peft_root: Path) -> Target:
     """Check the input (exit 2 when bad): a valid `kind: tuner` spec, a PEFT tree, and the method generated there."""
-    from scaffold import pipeline, register
-    from scaffold.spec import load_spec
+    from scaffold import pipeline
+    from scaffold.core.manifest import read_manifest
+    from scaffold.register.tree import detect_peft_tree
 
-    spec = load_spec(spec_path)
-    kind = getattr(spec, "kind", "tuner")
-    if kind != "tuner":
+    kind, spec = pipeline.load(spec_path)
+    if kind.name != "tuner":
         raise ScaffoldError(
             f"{spec_path}: kind",
-            f"verify checks `kind: tuner` methods only (this spec is `{kind}`; its own tests cover it)",
+            f"verify checks `kind: tuner` methods only (this spec is `{kind.name}`; its own tests cover it)",
         )
-    plan = pipeline.build_plan(spec, source=str(spec_path))
-    register.detect_peft_tree(Path(peft_root))
+    tree_info = detect_peft_tree(Path(peft_root))
+    plan = kind.plan(spec, str(spec_path), tree_info)
     tree = Path(peft_root).resolve()
     package_dir = f"src/peft/tuners/{plan.name}"
     test_file = f"tests/test_{plan.name}.py"
-    if not (tree / package_dir / "layer.py").is_file() or register.read_manifest(tree, plan.name) is None:
+    if not (tree / package_dir / "layer.py").is_file() or read_manifest(tree, kind, plan.name) is None:
         raise ScaffoldError(
             str(peft_root),
             f"`{plan.name}` was not generated into this tree; run `peft-scaffold new {spec_path} --peft-root "
