@@ -162,7 +162,10 @@ def run_probe(tree: Path, spec_path: Path, timeout: float = PROBE_TIMEOUT) -> di
     env = tree_env(tree)
     # scaffold itself, wherever it is installed, after the tree's src: the tree's peft still comes first
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(Path(scaffold.__file__).resolve().parent.parent)])
-    proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the probe did not finish in {timeout:.0f}s", "layers": {}}
     lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_MARKER)]
     if proc.returncode != 0 or len(lines) != 1:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
