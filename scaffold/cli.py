@@ -270,7 +270,9 @@ def schema() -> None:
 @app.command()
 @handle_errors
 def verify(
-    spec: Annotated[Path, typer.Argument(help="The method spec (YAML) the method was generated from.")],
+    spec: Annotated[
+        Path, typer.Argument(help="The method spec (YAML) the method was generated from.", show_default=False)
+    ],
     peft_root: Annotated[Path, typer.Option("--peft-root", help="The PEFT source tree it was generated into.")],
     fast: Annotated[bool, typer.Option("--fast", help="Only the numeric probe (seconds).")] = False,
     skip_peft_tests: Annotated[
