@@ -90,6 +90,14 @@ def new(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Only write the generated files into this directory.")
     ] = None,
+    plugin_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--plugin",
+            help="Write a pip-installable package DIR/peft-<name>/ that adds the method to stock PEFT from PyPI "
+            "when imported (see docs/plugin.md); DIR must be empty unless --force.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change as a diff; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files generated from a different spec.")] = False,
     templates: Annotated[
@@ -105,16 +113,21 @@ def new(
     """Generate the method described by SPEC.
 
     With --peft-root, the tuner goes to src/peft/tuners/<name>/ with its tests, and the method is registered in
-    the tree (PeftType member, exports). With --out, only the files are written. All edits are computed first
-    and applied atomically: on any error nothing is written.
+    the tree (PeftType member, exports). With --out, only the files are written. With --plugin, a package for
+    stock PEFT is written. All edits are computed first and applied atomically: on any error nothing is written.
     """
     from scaffold import pipeline
 
-    if (peft_root is None) == (out_dir is None):
-        raise ScaffoldError("new", "give exactly one of --peft-root DIR or --out DIR")
+    if [peft_root, out_dir, plugin_dir].count(None) != 2:
+        raise ScaffoldError("new", "give exactly one of --peft-root DIR, --out DIR or --plugin DIR")
     if templates is not None and not templates.is_dir():
         raise ScaffoldError(str(templates), "--templates must be a directory of jinja2 templates")
-    if peft_root is not None:
+    if plugin_dir is not None:
+        from scaffold.plugin import generate_plugin
+
+        generation = generate_plugin(spec, plugin_dir, force=force, templates=templates)
+        root = plugin_dir
+    elif peft_root is not None:
         generation = pipeline.generate_into_tree(spec, peft_root, force=force, templates=templates)
         root = peft_root
     else:

@@ -262,6 +262,9 @@ class MethodSpec(_Strict):
     target_modules: Literal["lora"] | dict[str, list[str]] = Field(
         default="lora", description='"lora" to reuse LoRA\'s defaults, or model_type -> module names'
     )
+    license: Literal["Apache-2.0", "MIT"] = Field(
+        default="Apache-2.0", description="licence of the package `new --plugin` writes (PEFT's own by default)"
+    )
 
     @field_validator("name")
     @classmethod
