@@ -102,18 +102,27 @@ def _readme_blocks(readme: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", readme, flags=re.MULTILINE | re.DOTALL)
 
 
+@pytest.fixture(scope="module")
+def installed(venv, plugin) -> dict[str, str]:
+    """The plugin installed by its README's install commands, as written (`pip install .` and an import)."""
+    install = _readme_blocks((plugin / "README.md").read_text(), "bash")[0]
+    assert "pip install ." in install
+    assert "PeftType.REFLORA" in _run(install, env=venv, cwd=plugin)
+    installed = _run(["python", "-c", "import peft; print(peft.__version__)"], env=venv, cwd=plugin)
+    assert installed.strip() == PEFT  # `pip install .` kept the PEFT from PyPI
+    return venv
+
+
 def _round_trip(venv: dict[str, str], tmp: Path) -> dict:
     return json.loads(_run(["python", "-c", ROUND_TRIP, str(tmp / "adapter")], env=venv, cwd=tmp).splitlines()[-1])
 
 
-def test_readme_commands_and_round_trip_with_peft_from_pypi(venv, plugin, tmp_path):
+def test_readme_commands_and_round_trip_with_peft_from_pypi(installed, plugin, tmp_path):
+    venv = installed
     readme = (plugin / "README.md").read_text()
-    install, development = _readme_blocks(readme, "bash")
+    _, development = _readme_blocks(readme, "bash")
     (usage,) = _readme_blocks(readme, "python")
 
-    _run(install, env=venv, cwd=plugin)  # pip install . and the import check
-    installed = _run(["python", "-c", "import peft; print(peft.__version__)"], env=venv, cwd=plugin)
-    assert installed.strip() == PEFT  # `pip install .` kept the PEFT from PyPI
     (tmp_path / "usage").mkdir()
     _run(["python", "-c", usage], env=venv, cwd=tmp_path / "usage")
     assert json.loads((tmp_path / "usage" / "reflora-adapter" / "adapter_config.json").read_text())["peft_type"] == (
@@ -132,8 +141,10 @@ def test_readme_commands_and_round_trip_with_peft_from_pypi(venv, plugin, tmp_pa
 
 
 @pytest.mark.parametrize("version", [v for v in PEFT_TESTED if v != PEFT])
-def test_other_declared_peft_versions(venv, plugin, tmp_path, version):
-    _run(["pip", "install", "-q", f"peft=={version}", str(plugin)], env=venv, cwd=tmp_path)
+def test_other_declared_peft_versions(installed, plugin, tmp_path, version):
+    venv = installed
+    # peft's own requirements are the same across these releases: swap the package alone
+    _run(["pip", "install", "-q", "--no-deps", f"peft=={version}"], env=venv, cwd=tmp_path)
     try:
         installed = _run(["python", "-c", "import peft; print(peft.__version__)"], env=venv, cwd=tmp_path)
         assert installed.strip() == version
@@ -142,10 +153,11 @@ def test_other_declared_peft_versions(venv, plugin, tmp_path, version):
         result = _round_trip(venv, tmp_path)
         assert result["effect"] > 1e-2 and result["reload_diff"] == 0.0
     finally:
-        _run(["pip", "install", "-q", f"peft=={PEFT}"], env=venv, cwd=tmp_path)
+        _run(["pip", "install", "-q", "--no-deps", f"peft=={PEFT}"], env=venv, cwd=tmp_path)
 
 
-def test_a_peft_outside_the_declared_range_is_refused_on_import(venv, plugin, tmp_path):
+def test_a_peft_outside_the_declared_range_is_refused_on_import(installed, tmp_path):
+    venv = installed
     _run(["pip", "install", "-q", "--no-deps", f"peft=={PEFT_TOO_OLD}"], env=venv, cwd=tmp_path)
     try:
         proc = subprocess.run(
