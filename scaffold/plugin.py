@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def _package_files(plan: MethodPlan, *, spec_file: str, license: str, holder: st
         "dist_name": dist,
         "package": package,
         "title": plan.title,
-        "summary": " ".join(plan.spec.summary.split()),
+        "summary": textwrap.fill(" ".join(plan.spec.summary.split()), 115),
         "peft_type": plan.peft_type,
         "config_cls": plan.config_cls,
         "model_cls": plan.model_cls,
