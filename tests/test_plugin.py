@@ -118,11 +118,36 @@ def test_adapter_code_is_the_generator_s_with_only_import_lines_changed(plugin, 
     )
 
 
-def test_plugin_is_ruff_clean_with_its_own_settings(plugin):
+TUNER_SPECS = [
+    path
+    for path in sorted([*(REPO / "reference_methods").glob("*.yaml"), *(REPO / "tests" / "specs").glob("*.yaml")])
+    if "\nkind:" not in path.read_text()
+]
+
+
+@pytest.mark.parametrize("spec", TUNER_SPECS, ids=lambda p: p.stem)
+def test_plugin_is_ruff_clean_with_its_own_settings(spec, tmp_path):
+    result = _new_plugin(spec, tmp_path)
+    assert result.exit_code == 0, result.output
+    (root,) = tmp_path.iterdir()
     ruff = ruff_binary()
-    for args in (["check", "."], ["format", "--check", "."]):
-        proc = subprocess.run([ruff, *args], cwd=plugin, capture_output=True, text=True, check=False)
+    for args in (["check", "."], ["format", "--check", "."]):  # README.md's code blocks too
+        proc = subprocess.run([ruff, *args], cwd=root, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_method_llama_lacks_gets_a_generic_usage(tmp_path):
+    weights = yaml.safe_load(LORA.read_text())["weights"]
+    for weight in weights.values():
+        weight.pop("init_by_layer")  # they name Embedding
+    spec = _spec_variant(
+        tmp_path, name="convlora", layers=["Conv2d"], forward={}, weights=weights, peft_test_kwargs={}
+    )
+    assert _new_plugin(spec, tmp_path / "out").exit_code == 0
+    root = tmp_path / "out" / "peft-convlora"
+    assert "LLAMA_TARGETS = None" in (root / "tests/test_registration.py").read_text()
+    readme = (root / "README.md").read_text()
+    assert "Llama" not in readme and "torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))" in readme
 
 
 def test_license_field_chooses_mit(tmp_path):
