@@ -39,7 +39,8 @@ def test_generated_files_parse_and_are_ruff_clean(spec_path, tmp_path):
             f"{plan.name}/layer.py",
             f"{plan.name}/model.py",
             f"tests/test_{plan.name}.py",
-            f"examples/{plan.name}_example.py",
+            f"examples/{plan.name}/{plan.name}_example.py",
+            f"examples/{plan.name}/benchmark.py",
         ]
     )
     for rel in files:

@@ -241,6 +241,7 @@ class MethodSpec(_Strict):
     title: str | None = None
     paper: str | None = None
     summary: str = ""
+    when_to_use: str = Field(default="", description="when to prefer the method over LoRA (docs page, markdown)")
     math: str | None = Field(default=None, description="LaTeX of the update, for docs")
     hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
     derived: dict[str, str | float] = Field(
@@ -288,7 +289,7 @@ class MethodSpec(_Strict):
     def _check_title(cls, value: str | None) -> str | None:
         return value if value is None else check_text(value, one_line=True, literal=True)
 
-    @field_validator("paper", "summary")
+    @field_validator("paper", "summary", "when_to_use")
     @classmethod
     def _check_prose(cls, value: str | None, info: ValidationInfo) -> str | None:
         return value if value is None else check_text(value, one_line=info.field_name == "paper")

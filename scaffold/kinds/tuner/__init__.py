@@ -11,6 +11,7 @@ The planner still lives in scaffold/plan (it is the oldest kind); moving it unde
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from scaffold.core.kind import Kind
@@ -47,7 +48,8 @@ class TunerKind(Kind):
     def registration(self, plan: MethodPlan) -> MethodRegistration:
         from scaffold.plan.registration import registration_for
 
-        return registration_for(plan)
+        # the docs_page site writes the page the templates render (templates/docs/page.md.j2)
+        return dataclasses.replace(registration_for(plan), docs_page=files.render_docs_page(plan))
 
     def registration_from_data(self, data: dict[str, Any]) -> MethodRegistration:
         return MethodRegistration.from_data(data)

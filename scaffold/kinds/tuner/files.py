@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scaffold.kinds.tuner.example import example_context, example_model
 from scaffold.plan import MethodPlan
 from scaffold.plan.layers import TORCH_CLASSES
 from scaffold.render.files import Layout, render_files
@@ -15,15 +16,20 @@ def paths_for(plan: MethodPlan, layout: Layout) -> dict[str, str]:
     """template name -> output path."""
     in_tree = layout is Layout.PEFT_TREE
     package = f"src/peft/tuners/{plan.name}" if in_tree else plan.name
-    example = f"examples/{plan.name}/{plan.name}_example.py" if in_tree else f"examples/{plan.name}_example.py"
-    return {
+    paths = {
         "tuner/__init__.py.j2": f"{package}/__init__.py",
         "tuner/config.py.j2": f"{package}/config.py",
         "tuner/layer.py.j2": f"{package}/layer.py",
         "tuner/model.py.j2": f"{package}/model.py",
         "tests/test_method.py.j2": f"tests/test_{plan.name}.py",
-        "examples/example.py.j2": example,
     }
+    if example_model(plan) is not None:  # a tiny transformers model has layers the method adapts
+        paths["examples/example.py.j2"] = f"examples/{plan.name}/{plan.name}_example.py"
+        paths["examples/benchmark.py.j2"] = f"examples/{plan.name}/benchmark.py"
+        paths["examples/README.md.j2"] = f"examples/{plan.name}/README.md"
+    if not in_tree:  # in a tree, the docs_page site writes it (when the tree has docs/)
+        paths["docs/page.md.j2"] = f"docs/{plan.name}.md"
+    return paths
 
 
 def out_of_range_values(plan: MethodPlan) -> list[tuple[str, str]]:
@@ -61,6 +67,7 @@ def context(plan: MethodPlan, layout: Layout, *, registered_constants: bool) -> 
         "package_import": f"peft.tuners.{plan.name}" if layout is Layout.PEFT_TREE else plan.name,
         "out_of_range": out_of_range_values(plan),
         "example_name": f"{plan.name}_example.py",
+        **example_context(plan),
     }
 
 
@@ -93,3 +100,13 @@ def render_method(
         first_party=first_party(plan, layout),
         templates=templates,
     )
+
+
+def render_docs_page(plan: MethodPlan, *, year: int | None = None, templates: Path | None = None) -> str:
+    """The method's page in PEFT's docs format: `docs/source/package_reference/<name>.md` in a tree (the docs_page
+    site writes it), `docs/<name>.md` with `--out`."""
+    page = f"docs/{plan.name}.md"
+    header = f"# Copyright {year}-present\n" if year else None
+    variables = {**context(plan, Layout.PEFT_TREE, registered_constants=True), "p": plan, "spec_file": ""}
+    rendered = render_files({"docs/page.md.j2": page}, variables, read_existing=lambda _: header, templates=templates)
+    return rendered[page]

@@ -28,6 +28,9 @@ class MethodRegistration:
     multiple_active_adapters_cases: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = ()
     docs_title: str = ""  # the docs page heading and toctree title, e.g. "MyLoRA"
     docs_summary: str = ""  # a paragraph (markdown) for the docs page
+    # the whole page when the generator rendered one (templates/docs/page.md.j2); not part of the registration's
+    # identity (an existing page is kept), nor of the manifest (the page is a recorded file)
+    docs_page: str = field(default="", compare=False)
     # Mandatory config kwargs for tests/test_config.py ALL_CONFIG_CLASSES (PEFT: `(AdaLoraConfig, {"total_step": 1})`)
     config_mandatory_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -52,7 +55,9 @@ class MethodRegistration:
         return self.config_cls.removesuffix("Config") or self.config_cls
 
     def to_data(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data.pop("docs_page")
+        return data
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> MethodRegistration:

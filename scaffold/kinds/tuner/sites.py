@@ -501,7 +501,10 @@ def _docs_skip(tree: PeftTree) -> str | None:
 
 
 def docs_page(reg: MethodRegistration, year: int | None = None) -> str:
-    """The package_reference page, in the layout of PEFT's method pages (tinylora.md, supertuning.md)."""
+    """The package_reference page, in the layout of PEFT's method pages (tinylora.md, supertuning.md): the one the
+    generator rendered, else a minimal one."""
+    if reg.docs_page:
+        return reg.docs_page
     parts = [_LICENSE.format(year=year or datetime.date.today().year), f"# {reg.title}\n"]
     if reg.docs_summary.strip():
         parts.append(reg.docs_summary.strip() + "\n")
