@@ -24,8 +24,9 @@ real model. The steps after training are what a deployment needs:
 3. export the merged model to ONNX and check ONNX Runtime gives the same logits (skipped, with a message, when
    `onnx`, `onnxscript` or `onnxruntime` is not installed).
 
-Run it with `python reflora_example.py` or, data-parallel, with
-`accelerate launch --cpu --num_processes 2 reflora_example.py`.
+Run it with `python reflora_example.py`, `accelerate launch --cpu --num_processes 2 reflora_example.py` or, as
+two data-parallel CPU processes, `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2
+reflora_example.py` (see README.md).
 """
 
 import argparse
@@ -133,6 +134,7 @@ def main() -> None:
     accelerator = Accelerator()
     model = get_peft_model(tiny_model(), RefLoraConfig(target_modules=TARGET_MODULES))
     if accelerator.is_main_process:
+        print(f"training on {accelerator.num_processes} process(es), device {accelerator.device}")
         model.print_trainable_parameters()
     optimizer = torch.optim.AdamW([param for param in model.parameters() if param.requires_grad], lr=args.lr)
     loader = DataLoader(synthetic_dataset(), batch_size=args.batch_size, shuffle=True, drop_last=True)
