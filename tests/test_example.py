@@ -22,10 +22,10 @@ from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 from scaffold.cli import app
+from scaffold.kinds.tuner.example import example_model
+from scaffold.kinds.tuner.files import render_docs_page, render_method
 from scaffold.plan import build_plan
-from scaffold.render import Layout, render_method
-from scaffold.render.example import example_model
-from scaffold.render.files import render_docs_page
+from scaffold.render import Layout
 from scaffold.spec import load_spec, spec_from_data
 from tests.conftest import add_fake_docs
 
@@ -51,7 +51,7 @@ def _assigned(source: str, name: str):
 @pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
 def test_every_method_gets_an_example_dir_whose_targets_come_from_the_plan(spec_path):
     plan = build_plan(load_spec(spec_path))
-    files = render_method(plan, layout=Layout.STANDALONE, year=2026).files
+    files = render_method(plan, layout=Layout.STANDALONE, year=2026)
     example_dir = f"examples/{plan.name}"
     assert {f"{example_dir}/README.md", f"{example_dir}/benchmark.py", f"{example_dir}/{plan.name}_example.py"} <= set(
         files
@@ -70,7 +70,7 @@ def test_example_model_follows_the_layer_types():
     conv1d_plan = _plan(kron, layers=["Conv1D"])
     conv1d_only = example_model(conv1d_plan)
     assert conv1d_only is not None and (conv1d_only.model_type, conv1d_only.target_modules) == ("gpt2", ["c_attn"])
-    gpt2_files = render_method(conv1d_plan, layout=Layout.STANDALONE).files
+    gpt2_files = render_method(conv1d_plan, layout=Layout.STANDALONE)
     assert "GPT2LMHeadModel(config)" in gpt2_files["examples/kronfrozen/kronfrozen_example.py"]
     assert "fan_in_fan_out=True" in gpt2_files["examples/kronfrozen/benchmark.py"]
     own = example_model(_plan(kron, target_modules={"llama": ["o_proj"], "gpt2": ["c_proj"]}))
@@ -78,17 +78,17 @@ def test_example_model_follows_the_layer_types():
     # a method for convolutions only: no tiny language model has its layers, so no example (rather than a broken one)
     conv_plan = _plan(kron, layers=["Conv2d"], forward={})
     assert example_model(conv_plan) is None
-    assert not any(path.startswith("examples/") for path in render_method(conv_plan, layout=Layout.STANDALONE).files)
+    assert not any(path.startswith("examples/") for path in render_method(conv_plan, layout=Layout.STANDALONE))
 
 
 def test_benchmark_compares_at_the_methods_rank_or_says_it_uses_r8():
     lora = REPO / "reference_methods" / "lora.yaml"
-    files = render_method(_plan(lora), layout=Layout.STANDALONE).files
+    files = render_method(_plan(lora), layout=Layout.STANDALONE)
     benchmark = files["examples/reflora/benchmark.py"]
     assert '"reflora": RefLoraConfig(target_modules=TARGET_MODULES, r=rank)' in benchmark
     assert '"lora": LoraConfig(target_modules=TARGET_MODULES, r=rank)' in benchmark
     kron = build_plan(load_spec(REPO / "tests" / "specs" / "kron.yaml"))  # no rank hyperparameter
-    benchmark = render_method(kron, layout=Layout.STANDALONE).files["examples/kronfrozen/benchmark.py"]
+    benchmark = render_method(kron, layout=Layout.STANDALONE)["examples/kronfrozen/benchmark.py"]
     docstring = " ".join(str(ast.get_docstring(ast.parse(benchmark))).split())
     assert f"r=8: {kron.title} has no rank hyperparameter" in docstring
     assert "KronfrozenConfig(target_modules=TARGET_MODULES)," in benchmark
