@@ -72,16 +72,16 @@ _SCALED_LIKE_LORA = textwrap.dedent(
         return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 4))
 
     x = torch.randn(5, 10)
-    base = mlp()(x)
     custom = get_peft_model(
         mlp(), CustomLoraConfig(target_modules=["0"], r=4, lora_alpha=8.0, custom_param=0.5, init_weights=False)
     )
-    lora = get_peft_model(mlp(), LoraConfig(target_modules=["0"], r=4, lora_alpha=8.0, init_weights=False))
+    lora = get_peft_model(mlp(), LoraConfig(target_modules=["0"], r=4, lora_alpha=8.0, init_lora_weights=False))
     layer, lora_layer = custom.base_model.model[0], lora.base_model.model[0]
     with torch.no_grad():
         lora_layer.lora_A["default"].weight.copy_(layer.customlora_lora_A["default"])
         lora_layer.lora_B["default"].weight.copy_(layer.customlora_lora_B["default"])
-    custom_delta, lora_delta = custom(x) - base, lora(x) - base
+    with torch.no_grad():  # the adapted layers themselves: the MLP's ReLU would not keep the ratio
+        custom_delta, lora_delta = layer(x) - layer.base_layer(x), lora_layer(x) - lora_layer.base_layer(x)
     assert lora_delta.abs().max() > 1e-3  # a non-trivial adapter
     torch.testing.assert_close(custom_delta, 1.5 * lora_delta, rtol=1e-5, atol=1e-6)
     print("scaled by 1 + custom_param")
