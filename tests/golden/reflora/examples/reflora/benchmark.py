@@ -22,7 +22,7 @@ of the two methods are interleaved, so both see the same machine load; the table
 RefLoRA / LoRA. Peak memory is the CUDA allocator's peak on a GPU; on CPU, whose allocations torch does not
 track, it is the bytes of the tensors saved for backward plus gradients and optimizer state.
 
-    python benchmark.py [--json] [--hidden-size 256 --layers 4 --batch-size 8 --seq-len 128 --repeats 10]
+    python benchmark.py [--json] [--threads 1] [--hidden-size 256 --layers 4 --batch-size 8 --seq-len 128 --repeats 10]
 """
 
 import argparse
@@ -162,6 +162,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "rank_hyperparameter": "r",
         "device": device.type,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "size": {
             "hidden_size": args.hidden_size,
             "layers": args.layers,
@@ -195,8 +196,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats of each method (default: %(default)s)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1: least noise on a shared machine)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = measure(args)
     if args.json:
         print(json.dumps(report, indent=2))
