@@ -60,7 +60,10 @@ def test_plugin_layout(plugin):
     assert sorted(_files(plugin)) == [
         "LICENSE",
         "README.md",
-        "examples/reflora_example.py",
+        "docs/reflora.md",
+        "examples/reflora/README.md",
+        "examples/reflora/benchmark.py",
+        "examples/reflora/reflora_example.py",
         "pyproject.toml",
         "ruff.toml",
         "src/peft_reflora/__init__.py",
