@@ -1,4 +1,4 @@
-"""Run a method's generated benchmark (examples/<name>/benchmark.py): generate the spec into a fresh PEFT 0.21.2
+"""Run a method's generated benchmark (examples/<name>/<name>_benchmark.py): generate the spec into a fresh PEFT 0.21.2
 tree, then run the script there with the tree's peft, passing the remaining arguments through.
 
     .venv/bin/python benchmarks/bench_example.py [--spec reference_methods/lora.yaml] [-- --json --repeats 10 ...]
@@ -27,14 +27,14 @@ from scaffold.pipeline import generate_into_tree  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=REPO / "reference_methods" / "lora.yaml")
-    parser.add_argument("benchmark_args", nargs="*", help="passed to the generated benchmark.py (after --)")
+    parser.add_argument("benchmark_args", nargs="*", help="passed to the generated benchmark script (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree = copy_peft_tree(ensure_peft_sdist(), Path(tmp) / "peft")
         generation = generate_into_tree(args.spec, tree)
         generation.changeset.apply()
         env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1"}
-        script = tree / "examples" / generation.name / "benchmark.py"
+        script = tree / "examples" / generation.name / f"{generation.name}_benchmark.py"
         subprocess.run([sys.executable, str(script), *args.benchmark_args], env=env, check=True)
 
 

@@ -53,11 +53,13 @@ def test_every_method_gets_an_example_dir_whose_targets_come_from_the_plan(spec_
     plan = build_plan(load_spec(spec_path))
     files = render_method(plan, layout=Layout.STANDALONE, year=2026)
     example_dir = f"examples/{plan.name}"
-    assert {f"{example_dir}/README.md", f"{example_dir}/benchmark.py", f"{example_dir}/{plan.name}_example.py"} <= set(
-        files
-    )
+    assert {
+        f"{example_dir}/README.md",
+        f"{example_dir}/{plan.name}_benchmark.py",
+        f"{example_dir}/{plan.name}_example.py",
+    } <= set(files)
     expected = plan.target_modules["llama"] if isinstance(plan.target_modules, dict) else ["q_proj", "v_proj"]
-    for script in (f"{example_dir}/{plan.name}_example.py", f"{example_dir}/benchmark.py"):
+    for script in (f"{example_dir}/{plan.name}_example.py", f"{example_dir}/{plan.name}_benchmark.py"):
         assert _assigned(files[script], "TARGET_MODULES") == expected
         assert f"from {plan.name} import {plan.config_cls}" in files[script]
     assert "accelerate launch --cpu --num_processes 2" in files[f"{example_dir}/README.md"]
@@ -72,7 +74,7 @@ def test_example_model_follows_the_layer_types():
     assert conv1d_only is not None and (conv1d_only.model_type, conv1d_only.target_modules) == ("gpt2", ["c_attn"])
     gpt2_files = render_method(conv1d_plan, layout=Layout.STANDALONE)
     assert "GPT2LMHeadModel(config)" in gpt2_files["examples/kronfrozen/kronfrozen_example.py"]
-    assert "fan_in_fan_out=True" in gpt2_files["examples/kronfrozen/benchmark.py"]
+    assert "fan_in_fan_out=True" in gpt2_files["examples/kronfrozen/kronfrozen_benchmark.py"]
     own = example_model(_plan(kron, target_modules={"llama": ["o_proj"], "gpt2": ["c_proj"]}))
     assert own is not None and own.target_modules == ["o_proj"]  # the spec's own mapping wins
     # a method for convolutions only: no tiny language model has its layers, so no example (rather than a broken one)
@@ -84,11 +86,11 @@ def test_example_model_follows_the_layer_types():
 def test_benchmark_compares_at_the_methods_rank_or_says_it_uses_r8():
     lora = REPO / "reference_methods" / "lora.yaml"
     files = render_method(_plan(lora), layout=Layout.STANDALONE)
-    benchmark = files["examples/reflora/benchmark.py"]
+    benchmark = files["examples/reflora/reflora_benchmark.py"]
     assert '"reflora": RefLoraConfig(target_modules=TARGET_MODULES, r=rank)' in benchmark
     assert '"lora": LoraConfig(target_modules=TARGET_MODULES, r=rank)' in benchmark
     kron = build_plan(load_spec(REPO / "tests" / "specs" / "kron.yaml"))  # no rank hyperparameter
-    benchmark = render_method(kron, layout=Layout.STANDALONE)["examples/kronfrozen/benchmark.py"]
+    benchmark = render_method(kron, layout=Layout.STANDALONE)["examples/kronfrozen/kronfrozen_benchmark.py"]
     docstring = " ".join(str(ast.get_docstring(ast.parse(benchmark))).split())
     assert f"r=8: {kron.title} has no rank hyperparameter" in docstring
     assert "KronfrozenConfig(target_modules=TARGET_MODULES)," in benchmark
@@ -253,7 +255,7 @@ def test_reference_example_and_benchmark_run_in_a_peft_tree(peft_tree, tmp_path)
     _check_example_output(ddp, out, processes=2)
 
     size = ["--hidden-size", "32", "--layers", "1", "--seq-len", "16", "--batch-size", "2", "--repeats", "2"]
-    bench = _run([sys.executable, "benchmark.py", "--json", "--cpu", *size], example_dir, peft_tree)
+    bench = _run([sys.executable, "reflora_benchmark.py", "--json", "--cpu", *size], example_dir, peft_tree)
     report = json.loads(bench.stdout)
     assert report["baseline"] == "lora r=8" and report["rank_hyperparameter"] == "r"
     metrics = report["metrics"]

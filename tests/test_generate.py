@@ -40,7 +40,7 @@ def test_generated_files_parse_and_are_ruff_clean(spec_path, tmp_path):
             f"{plan.name}/model.py",
             f"tests/test_{plan.name}.py",
             f"examples/{plan.name}/{plan.name}_example.py",
-            f"examples/{plan.name}/benchmark.py",
+            f"examples/{plan.name}/{plan.name}_benchmark.py",
         ]
     )
     for rel in files:

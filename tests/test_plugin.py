@@ -62,7 +62,7 @@ def test_plugin_layout(plugin):
         "README.md",
         "docs/reflora.md",
         "examples/reflora/README.md",
-        "examples/reflora/benchmark.py",
+        "examples/reflora/reflora_benchmark.py",
         "examples/reflora/reflora_example.py",
         "pyproject.toml",
         "ruff.toml",

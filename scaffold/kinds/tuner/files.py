@@ -25,7 +25,7 @@ def paths_for(plan: MethodPlan, layout: Layout) -> dict[str, str]:
     }
     if example_model(plan) is not None:  # a tiny transformers model has layers the method adapts
         paths["examples/example.py.j2"] = f"examples/{plan.name}/{plan.name}_example.py"
-        paths["examples/benchmark.py.j2"] = f"examples/{plan.name}/benchmark.py"
+        paths["examples/benchmark.py.j2"] = f"examples/{plan.name}/{plan.name}_benchmark.py"
         paths["examples/README.md.j2"] = f"examples/{plan.name}/README.md"
     if not in_tree:  # in a tree, the docs_page site writes it (when the tree has docs/)
         paths["docs/page.md.j2"] = f"docs/{plan.name}.md"

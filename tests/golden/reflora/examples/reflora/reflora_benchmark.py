@@ -22,7 +22,7 @@ of the two methods are interleaved, so both see the same machine load; the table
 RefLoRA / LoRA. Peak memory is the CUDA allocator's peak on a GPU; on CPU, whose allocations torch does not
 track, it is the bytes of the tensors saved for backward plus gradients and optimizer state.
 
-    python benchmark.py [--json] [--threads 1] [--hidden-size 256 --layers 4 --batch-size 8 --seq-len 128 --repeats 10]
+    python reflora_benchmark.py [--json] [--threads 1] [--hidden-size 256 --layers 4 --batch-size 8 --seq-len 128 --repeats 10]
 """
 
 import argparse
