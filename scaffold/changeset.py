@@ -3,25 +3,25 @@
 Files are read and written as UTF-8 text with `newline=""`, so line endings and every other byte survive a
 round trip. Edits stack: `read` returns the pending content of a path, so several transforms can edit one file.
 
-`apply` is all-or-nothing: new contents go to temporary files next to their targets first, each existing
-target is moved aside to a backup before its replacement is renamed in, and on any failure every target is
-put back (the original inode itself, so bytes and mode are identical), created files and the directories
-created for them are removed, and a `ScaffoldError` is raised. After a successful apply, directories emptied by
-deletions are removed (with a leftover `__pycache__` of .pyc files, which would otherwise keep them alive).
+`apply` is all-or-nothing and crash-safe, under the tree lock (`scaffold.lock`) and a write-ahead journal
+(`scaffold.journal`): new contents go to temporary files next to their targets first, each existing target is
+moved aside to a backup before its replacement is renamed in, and on any failure (Ctrl-C included) every target
+is put back (the original inode itself, so bytes and mode are identical), created files and the directories
+created for them are removed, and a `ScaffoldError` is raised. A run killed half-way is rolled back (or, past
+its commit point, finished) by the next one. After a successful apply, directories emptied by deletions are
+removed (with a leftover `__pycache__` of .pyc files, which would otherwise keep them alive).
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
-from scaffold.errors import FAILURE, ScaffoldError
+from scaffold.errors import ScaffoldError
 
 
 Action = Literal["create", "modify", "delete"]
@@ -53,23 +53,6 @@ def read_view(root: Path | ChangeSet, relpath: str) -> str | None:
         return root.read(relpath)
     path = Path(root) / relpath
     return read_text(path) if path.is_file() else None
-
-
-def _write_temp(directory: Path, name: str, content: str) -> Path:
-    """Write `content` to a new temporary file in `directory` (same filesystem as the target, for rename)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".peft-scaffold-tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(content)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def _replace(src: Path, dst: Path) -> None:
-    # A module-level seam so tests can inject failures at the k-th rename.
-    os.replace(src, dst)
 
 
 class ChangeSet:
@@ -144,25 +127,19 @@ class ChangeSet:
     # -- applying -------------------------------------------------------------------------------------------
 
     def apply(self) -> None:
-        """Write every change, all or nothing. Raises `ScaffoldError` (exit code 1) after a full rollback."""
-        changes = self.changes
-        for change in changes:  # refuse to clobber edits made since the plan was computed
-            if self._read_disk(change.relpath) != change.old:
-                raise ScaffoldError(change.relpath, "changed on disk since the change set was computed; re-run")
-        txn = _Transaction(self.root)
-        current = ""
-        try:
-            for change in changes:
-                current = change.relpath
-                txn.stage(change)
-            for change in changes:
-                current = change.relpath
-                txn.commit(change)
-        except Exception as exc:
-            txn.rollback()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            raise ScaffoldError(current, f"could not write ({reason}); all changes were rolled back", FAILURE) from exc
-        txn.finish()
+        """Write every change, all or nothing, crash-safe (see `scaffold.journal`). Takes the tree lock (if the
+        caller does not hold it already) and first recovers an apply that an earlier run left interrupted. Raises
+        `ScaffoldError` (exit code 1) after a full rollback; KeyboardInterrupt too is re-raised after one."""
+        from scaffold import journal
+        from scaffold.lock import tree_lock
+
+        with tree_lock(self.root):
+            journal.recover(self.root)
+            changes = self.changes
+            for change in changes:  # refuse to clobber edits made since the plan was computed
+                if self._read_disk(change.relpath) != change.old:
+                    raise ScaffoldError(change.relpath, "changed on disk since the change set was computed; re-run")
+            journal.apply_changes(self.root, changes)
         # Later edits are planned against the new disk state.
         for change in changes:
             self._original[change.relpath] = change.new
@@ -187,103 +164,6 @@ class ChangeSet:
             return read_text(path)
         except UnicodeDecodeError as exc:
             raise ScaffoldError(key, "is not UTF-8 text") from exc
-
-
-class _Transaction:
-    """The file-system side of `ChangeSet.apply`: stage, commit, and undo."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.created_dirs: list[Path] = []  # in creation order
-        self.temps: dict[str, Path] = {}  # relpath -> staged new content
-        self.backups: dict[str, Path] = {}  # relpath -> the original file, moved aside
-        self.committed: list[FileChange] = []
-        self.deleted: list[Path] = []
-
-    def stage(self, change: FileChange) -> None:
-        target = self.root / change.relpath
-        if change.new is None:
-            return
-        self._make_parents(target.parent)
-        tmp = _write_temp(target.parent, target.name, change.new)
-        self.temps[change.relpath] = tmp
-        # mkstemp makes 0600 files: keep the original's mode, or the usual umask-derived one for new files.
-        mode = os.stat(target).st_mode & 0o7777 if change.old is not None else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-
-    def commit(self, change: FileChange) -> None:
-        target = self.root / change.relpath
-        if change.old is not None:
-            backup = target.with_name(f".{target.name}.{os.getpid()}.peft-scaffold-bak")
-            _replace(target, backup)
-            self.backups[change.relpath] = backup
-        self.committed.append(change)
-        if change.new is not None:
-            _replace(self.temps[change.relpath], target)
-            del self.temps[change.relpath]
-        else:
-            self.deleted.append(target)
-
-    def rollback(self) -> None:
-        for change in reversed(self.committed):
-            target = self.root / change.relpath
-            backup = self.backups.pop(change.relpath, None)
-            if backup is not None:
-                os.replace(backup, target)  # the original inode: byte-identical, same mode
-            elif target.exists():
-                target.unlink()  # it was created by this transaction
-        for tmp in self.temps.values():
-            tmp.unlink(missing_ok=True)
-        for directory in reversed(self.created_dirs):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-
-    def finish(self) -> None:
-        for backup in self.backups.values():
-            backup.unlink(missing_ok=True)
-        # Directories emptied by deletions (a removed method package) go too, up to the tree root; bytecode caches
-        # left in them by test runs do not keep them alive.
-        for target in self.deleted:
-            parent = target.parent
-            while parent != self.root and self.root in parent.parents:
-                _drop_bytecode_cache(parent)
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
-
-    def _make_parents(self, directory: Path) -> None:
-        missing = []
-        while not directory.exists():
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
-            d.mkdir()
-            self.created_dirs.append(d)
-
-
-def _drop_bytecode_cache(directory: Path) -> None:
-    """Remove `directory/__pycache__` if it is all that is left in `directory` and holds only .pyc files."""
-    cache = directory / "__pycache__"
-    try:
-        if [p.name for p in directory.iterdir()] != ["__pycache__"]:
-            return
-        pycs = list(cache.iterdir())
-        if all(p.is_file() and p.suffix == ".pyc" for p in pycs):
-            for p in pycs:
-                p.unlink()
-            cache.rmdir()
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _lines(text: str) -> list[str]:

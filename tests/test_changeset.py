@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import scaffold.changeset as changeset_mod
+import scaffold.journal as journal_mod
 from scaffold.changeset import ChangeSet, FileChange
 from scaffold.errors import ScaffoldError
 
@@ -143,19 +143,19 @@ def test_apply_refuses_if_disk_changed_since_planning(tree: Path, snapshot) -> N
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     calls = [0]
-    original = getattr(changeset_mod, name)
+    original = getattr(journal_mod, name)
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(changeset_mod, name, counting)
+    monkeypatch.setattr(journal_mod, name, counting)
     return calls
 
 
 def _fail_at(monkeypatch: pytest.MonkeyPatch, name: str, k: int) -> None:
     calls = [0]
-    original = getattr(changeset_mod, name)
+    original = getattr(journal_mod, name)
 
     def failing(*args, **kwargs):
         calls[0] += 1
@@ -163,10 +163,10 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, name: str, k: int) -> None:
             raise OSError(28, "No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(changeset_mod, name, failing)
+    monkeypatch.setattr(journal_mod, name, failing)
 
 
-@pytest.mark.parametrize("seam", ["_write_temp", "_replace"])
+@pytest.mark.parametrize("seam", ["_write_file", "_replace"])
 def test_apply_rolls_back_byte_identically_on_failure_at_every_step(
     tree: Path, tmp_path: Path, snapshot, monkeypatch: pytest.MonkeyPatch, seam: str
 ) -> None:
