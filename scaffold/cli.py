@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from scaffold.changeset import ChangeSet, FileChange
-from scaffold.errors import FAILURE, ScaffoldError
+from scaffold.errors import BAD_INPUT, FAILURE, ScaffoldError
 
 
 app = typer.Typer(
@@ -52,6 +52,12 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except RecursionError:  # hostile input (an expression nested thousands deep): bad input, not a bug
+            err.print("[bold red]error:[/] input nested too deeply to process", highlight=False)
+            raise typer.Exit(BAD_INPUT) from None
+        except MemoryError:
+            err.print("[bold red]error:[/] input too large to process (out of memory)", highlight=False)
+            raise typer.Exit(BAD_INPUT) from None
         except Exception as exc:  # a bug of ours: still one line, unless debugging
             if os.environ.get("PEFT_SCAFFOLD_DEBUG"):
                 raise

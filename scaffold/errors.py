@@ -24,4 +24,12 @@ class ScaffoldError(Exception):
         self.exit_code = exit_code
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}" if self.where else self.reason
+        text = f"{self.where}: {self.reason}" if self.where else self.reason
+        # Always one line, of bounded length, whatever the input it quotes (a file name with a line break...).
+        text = text.translate(_ONE_LINE)
+        return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+MAX_MESSAGE = 2000
+_ONE_LINE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: " "}
+_ONE_LINE |= {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85"}

@@ -96,7 +96,7 @@ def generate(
         site_paths = {site.path(reg.name) for site in kind.sites}
         for rel in sorted(ours - set(files) - site_paths):
             changeset.delete(rel)  # a file the new spec no longer generates
-    stage_files(changeset, files, force=force, ours=ours, what=plan.name)
+    stage_files(changeset, files, force=force, ours=ours, what=plan.name, in_tree=True)
     generation.notes += [str(result) for result in register(changeset, tree, reg, kind.sites)]
     recorded = [*files, *_created_by_sites(changeset, kind, reg, ours)]
     manifest = make_manifest(changeset, kind, reg, recorded, spec_hash=spec_hash(spec_path))
@@ -104,17 +104,16 @@ def generate(
     return generation
 
 
-def stage_files(changeset: ChangeSet, files: dict[str, str], *, force: bool, ours: Iterable[str], what: str) -> None:
+def stage_files(
+    changeset: ChangeSet, files: dict[str, str], *, force: bool, ours: Iterable[str], what: str, in_tree: bool = False
+) -> None:
     """Write the generated files into the change set. A file already there with other content is overwritten only
-    when it is `ours` (listed in the manifest, and unedited: checked before) or with `force`."""
+    when it is `ours` (listed in the manifest, and unedited: checked before) or with `force`; in a tree, `force`
+    never overwrites a file that is not ours (a name whose files collide with the tree's own: tests/test_auto.py)."""
     ours = set(ours)
     for relpath, text in sorted(files.items()):
-        current = changeset.read(relpath)
-        if current is not None and current != text and relpath not in ours and not force:
-            raise ScaffoldError(
-                relpath, f"exists with different content; pass --force to overwrite ({what} was generated before?)"
-            )
-        changeset.write(relpath, text)
+        owned = ours if in_tree else None
+        changeset.write_generated(relpath, text, force=force or relpath in ours, owned=owned, what=what)
 
 
 def _created_by_sites(changeset: ChangeSet, kind: Kind, reg: Any, ours: set[str]) -> list[str]:

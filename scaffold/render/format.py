@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -44,7 +46,9 @@ def format_sources(files: dict[str, str], first_party: tuple[str, ...] = ()) -> 
     python = {name: text for name, text in files.items() if name.endswith(".py")}
     if not python:
         return dict(files)
-    with tempfile.TemporaryDirectory(prefix="peft-scaffold-fmt-") as tmp:
+    tmp_root = tempfile.gettempdir()
+    _sweep_stale(tmp_root)
+    with tempfile.TemporaryDirectory(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=tmp_root) as tmp:
         root = Path(tmp)
         config = root / "ruff.toml"
         config.write_text(ruff_config(first_party))
@@ -54,7 +58,8 @@ def format_sources(files: dict[str, str], first_party: tuple[str, ...] = ()) -> 
             path.write_text(text)
         ruff = ruff_binary()
         src = str(root / "src")
-        for args in (["check", "--fix", "--quiet", "--exit-zero"], ["format", "--quiet"]):
+        # --no-cache: ruff would otherwise leave a .ruff_cache/ in the current directory
+        for args in (["check", "--fix", "--quiet", "--exit-zero", "--no-cache"], ["format", "--quiet", "--no-cache"]):
             proc = subprocess.run(
                 [ruff, *args, "--config", str(config), src], capture_output=True, text=True, check=False
             )
@@ -64,3 +69,29 @@ def format_sources(files: dict[str, str], first_party: tuple[str, ...] = ()) -> 
         for name in python:
             out[name] = (root / "src" / name).read_text()
         return out
+
+
+_TMP_PREFIX = "peft-scaffold-fmt-"
+
+
+def _sweep_stale(tmp_root: str) -> None:
+    """Remove the formatting folders of runs that were killed (their process is gone): `<prefix><pid>-<random>`."""
+    try:
+        names = [name for name in os.listdir(tmp_root) if name.startswith(_TMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_TMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(tmp_root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True

@@ -11,28 +11,78 @@ from pydantic import ValidationError
 from scaffold.errors import ScaffoldError
 
 
+# Hostile input stays cheap: a spec is a few KB of YAML, a few levels deep.
+MAX_SPEC_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 50  # nested mappings and lists
+MAX_YAML_NODES = 50_000  # scalars, mappings and lists together
+MAX_NAME_LENGTH = 40  # a method name becomes package, module, class and test file names
+
+
 def load_spec(path: Path) -> Any:
     """Read and validate the spec at `path`; raise `ScaffoldError` (exit 2) on any problem."""
+    name = Path(path).name
+    if not name.isprintable():  # the name is written into a comment of every generated file
+        raise ScaffoldError(repr(str(path)), "the spec file name has control characters (a line break?); rename it")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise ScaffoldError(str(path), "spec file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScaffoldError(str(path), f"cannot read spec ({exc})") from None
+    except OSError as exc:
+        raise ScaffoldError(str(path), f"cannot read spec ({exc.strerror or exc})") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise ScaffoldError(str(path), f"spec file is too large (more than {MAX_SPEC_BYTES // 1024} KiB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScaffoldError(str(path), f"cannot read spec (not UTF-8: {exc.reason} at byte {exc.start})") from None
     return parse_spec(text, source=str(path))
 
 
 def parse_spec(text: str, source: str = "<spec>") -> Any:
     try:
-        data = yaml.safe_load(text)
+        _check_shape(text, source)
+        data = yaml.load(text, Loader=_Loader)  # a safe loader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ScaffoldError(where, f"invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ScaffoldError(source, f"YAML nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
     if not isinstance(data, dict):
         raise ScaffoldError(source, "a spec must be a YAML mapping (name: ..., weights: ..., ...)")
+    name = data.get("name")
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise ScaffoldError(f"{source}: name", f"too long ({len(name)} characters; at most {MAX_NAME_LENGTH})")
     return spec_from_data(data, source)
+
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_shape(text: str, source: str) -> None:
+    """Refuse anchors and aliases (a few KB of aliases expand to billions of nodes: "billion laughs"), and bound
+    the depth and the number of nodes, from the parser's events, before anything is built."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ScaffoldError(
+                f"{source}:{event.start_mark.line + 1}", "YAML anchors and aliases (&name, *name) are not supported"
+            )
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ScaffoldError(
+                    f"{source}:{event.start_mark.line + 1}",
+                    f"YAML nested too deeply (at most {MAX_YAML_DEPTH} levels)",
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            if nodes > MAX_YAML_NODES:
+                raise ScaffoldError(source, f"spec has too many YAML nodes (at most {MAX_YAML_NODES})")
 
 
 def spec_from_data(data: dict[str, Any], source: str = "<spec>") -> Any:
@@ -91,9 +141,11 @@ def _location(error: Any, data: Any) -> str:
 
 
 def _show(key: Any) -> str:
-    """A key as written, or quoted when it is empty or holds spaces or control characters (one line, visible)."""
+    """A key as written, or quoted when it is empty or holds spaces or control characters (one line, visible);
+    cut short when long."""
     text = str(key)
-    return text if text and text.isprintable() and " " not in text else repr(key)
+    shown = text if text and text.isprintable() and " " not in text else repr(key)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _reason(error: Any) -> str:
