@@ -264,6 +264,8 @@ def _replace(src: Path, dst: Path) -> None:
 def pending(root: Path) -> Journal | None:
     """The journal an interrupted apply left in `root`, if any."""
     path = real_root(root) / JOURNAL_NAME
+    if not path.parent.is_dir():  # no tree yet (`new --out DIR` creates it), or not a directory (reported later)
+        return None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -280,6 +282,8 @@ def recover(root: Path) -> str | None:
     """Finish (committed) or roll back (anything earlier) an apply interrupted in `root`; return what was done, in
     one line, or None when there was nothing to do. The caller holds the tree lock."""
     base = real_root(root)
+    if not base.is_dir():
+        return None
     leftover = base / (JOURNAL_NAME + TMP_SUFFIX)
     journal = pending(root)
     if journal is None:
