@@ -21,6 +21,7 @@ from scaffold.core.kind import Kind
 from scaffold.core.manifest import MANIFEST_NAME, Manifest, make_manifest, read_manifest, spec_hash
 from scaffold.core.sites import SiteResult, register, unregister
 from scaffold.errors import ScaffoldError
+from scaffold.references import check_insertions_unedited, check_no_references
 from scaffold.register.tree import PeftTree, detect_peft_tree
 from scaffold.render.files import Layout, render_files
 
@@ -157,8 +158,12 @@ def remove_generated(
 ) -> list[SiteResult]:
     """Stack the removal of a generated method into `changeset`; what happened at each site."""
     manifest.check_unedited(changeset, force=force, verb="remove")
+    if not force:
+        check_insertions_unedited(changeset, tree, manifest.registration, kind.sites)
     results = unregister(changeset, tree, manifest.registration, kind.sites)
     for rel in sorted(manifest.files):
         changeset.delete(rel)
     changeset.delete(manifest.relpath)  # applying also prunes an emptied package dir and its __pycache__
+    if not force:
+        check_no_references(changeset, manifest.registration)
     return results
