@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import scaffold.changeset as changeset_mod
+import scaffold.journal as changeset_mod  # the apply's file-system seams live in the journal
 from scaffold.changeset import ChangeSet
 from scaffold.core.manifest import Manifest
 from scaffold.core.manifest import read_manifest as core_read_manifest
