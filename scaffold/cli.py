@@ -212,7 +212,10 @@ def remove(
     kept, and the command refused, unless --force.
     """
     from scaffold import pipeline
+    from scaffold.spec.load import MAX_NAME_LENGTH
 
+    if not (name.isascii() and name.isidentifier() and len(name) <= MAX_NAME_LENGTH):  # it becomes a path
+        raise ScaffoldError(repr(name) if len(name) <= 60 else repr(name[:57]) + "...", "is not a method name")
     changeset, notes = pipeline.remove_from_tree(name, peft_root, force=force)
     if as_json:
         emit_json({"name": name, "dry_run": dry_run, "changes": changeset.to_json(), "notes": notes})

@@ -95,3 +95,25 @@ def test_remove_of_an_untouched_method_still_restores_the_pristine_tree(peft_tre
     result = runner.invoke(app, ["remove", "reflora", "--peft-root", str(peft_tree)])
     assert result.exit_code == 0, result.output
     assert snapshot_tree(peft_tree) == pristine
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a" * 300, "x\ny", ""])
+def test_remove_refuses_names_that_are_not_method_names(name: str, peft_tree: Path) -> None:
+    before = snapshot_tree(peft_tree)
+    result = runner.invoke(app, ["remove", name, "--peft-root", str(peft_tree)])
+    assert result.exit_code == 2
+    (error,) = result.stderr.strip().splitlines()
+    assert error.endswith("is not a method name"), error
+    assert snapshot_tree(peft_tree) == before
+
+
+def test_doctor_reports_missing_generated_files(peft_tree: Path) -> None:
+    assert runner.invoke(app, ["new", str(SPEC), "--peft-root", str(peft_tree)]).exit_code == 0
+    ok = runner.invoke(app, ["doctor", "--peft-root", str(peft_tree), "reflora", "--json"])
+    assert ok.exit_code == 0 and '"tree_problems": []' in ok.stdout
+    (peft_tree / "tests" / "test_reflora.py").unlink()
+    result = runner.invoke(app, ["doctor", "--peft-root", str(peft_tree), "reflora"])
+    assert result.exit_code == 1
+    assert "tests/test_reflora.py: generated file missing (listed in src/peft/tuners/reflora/.peft-scaffold.json)" in (
+        " ".join(result.stdout.split())
+    )
