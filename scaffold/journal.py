@@ -211,7 +211,8 @@ def apply_changes(root: Path, changes: Sequence[Any]) -> None:
             if text is not None:
                 step(f"write {entry.tmp}")
                 _write_file(base / entry.tmp, text, entry.mode)
-        _fsync_dirs(base, [entry.tmp for entry in journal.entries] + journal.dirs)
+        # (no directory fsync here: a temporary file's name never needs to survive a crash; its inode does, and
+        # it is fsynced, then made durable under the target's name by the commit's directory fsync)
         for entry in journal.entries:
             current = entry.path
             if entry.old is not None:
@@ -220,7 +221,7 @@ def apply_changes(root: Path, changes: Sequence[Any]) -> None:
             if entry.new is not None:
                 step(f"rename {entry.tmp} -> {entry.real}")
                 _replace(base / entry.tmp, base / entry.real)
-        _fsync_dirs(base, [entry.real for entry in journal.entries])
+        _fsync_dirs(base, [entry.real for entry in journal.entries] + journal.dirs)  # and the new dirs' parents
         journal.state = "committed"
         _write_journal(base, journal)
     except BaseException as exc:
