@@ -276,7 +276,9 @@ def pending(root: Path) -> Journal | None:
     try:
         return Journal.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ScaffoldError(JOURNAL_NAME, f"unreadable journal of an interrupted run ({exc})") from None
+        raise ScaffoldError(
+            JOURNAL_NAME, f"unreadable journal of an interrupted run ({exc}); restore the tree by hand, then delete it"
+        ) from None
 
 
 def recover(root: Path) -> str | None:
