@@ -337,9 +337,10 @@ def _roll_forward(base: Path, journal: Journal) -> None:
             continue
         parent = (base / entry.real).parent
         while parent != base and base in parent.parents:
-            _drop_bytecode_cache(parent)
-            if not _rmdir_if_empty(parent):
-                break
+            if os.path.lexists(parent):  # (gone already when an earlier clean-up was killed half-way)
+                _drop_bytecode_cache(parent)
+                if not _rmdir_if_empty(parent):
+                    break
             parent = parent.parent
     _fsync_dirs(base, [entry.real for entry in journal.entries])
     _drop_journal(base)
