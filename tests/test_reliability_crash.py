@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 import scaffold.cli
+import scaffold.core.generate
+import scaffold.kinds.tuner
 import scaffold.pipeline
-import scaffold.register
+import scaffold.register.transforms
 import scaffold.render.format  # noqa: F401  # imported before forking: children run warm, and as the parent
 from scaffold import journal
 from tests.conftest import snapshot_tree
@@ -53,7 +55,14 @@ def fork_cli(args: list[str], env: dict[str, str] | None = None, log: Path | Non
             sys.argv = ["peft-scaffold", *args]
             from scaffold.cli import main
 
-            main()
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         finally:
             os._exit(99)
     _, status = os.waitpid(pid, 0)
