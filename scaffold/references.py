@@ -71,14 +71,21 @@ def find_references(changeset: ChangeSet, words: Iterable[str]) -> tuple[str, in
         return None
     pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in wanted) + r")\b")
     root = Path(changeset.root)
+    # Pending texts by the file they will be written to (a symlinked registry file is edited through its link).
+    pending = {os.path.realpath(root / c.relpath): c.new for c in changeset.changes}
+    seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            real = os.path.realpath(root / rel)
+            if real in seen:
+                continue
+            seen.add(real)
             try:
-                text = changeset.read(rel)
+                text = pending[real] if real in pending else changeset.read(rel)
             except Exception:  # unreadable (not UTF-8...): not ours to judge
                 continue
             if text is None or not any(w in text for w in wanted):
