@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,14 @@ def check_insertions_unedited(changeset: ChangeSet, tree: Any, reg: Any, sites: 
         after = site.remove(before, reg)
         if after == before:
             continue
-        again = site.apply(after, reg)
-        if again != before:
+        # As multisets of lines: re-adding may put the lines elsewhere (after a method registered later).
+        again = (site.apply(after, reg) or "").splitlines()
+        lines = before.splitlines()
+        extra = Counter(lines) - Counter(again)
+        if extra or Counter(again) - Counter(lines):
+            line = next((n for n, text in enumerate(lines, 1) if text in extra), None)
             raise ScaffoldError(
-                f"{rel}:{first_difference(before, again or '')}",
+                f"{rel}:{line or first_difference(before, chr(10).join(again))}",
                 f"lines peft-scaffold inserted for {reg.name} were edited since; use --force to remove them anyway",
             )
 
