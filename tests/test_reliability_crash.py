@@ -88,12 +88,21 @@ def states(peft_tree: Path, tmp_path: Path) -> dict[str, object]:
     log = tmp_path / "steps-new.log"
     assert fork_cli(new_args(peft_tree), log=log)[0] == 0
     generated = snapshot_tree(peft_tree)
+    generated_copy = tmp_path / "generated"
+    shutil.copytree(peft_tree, generated_copy, symlinks=True)
     new_steps = len(log.read_text().splitlines())
     log = tmp_path / "steps-remove.log"
     assert fork_cli(remove_args(peft_tree), log=log)[0] == 0
     assert snapshot_tree(peft_tree) == pristine
     remove_steps = len(log.read_text().splitlines())
-    return {"pristine": pristine, "generated": generated, "new_steps": new_steps, "remove_steps": remove_steps}
+    assert snapshot_tree(generated_copy) == generated
+    return {
+        "pristine": pristine,
+        "generated": generated,
+        "generated_copy": generated_copy,  # a tree after a clean `new`, to copy before killing `remove`
+        "new_steps": new_steps,
+        "remove_steps": remove_steps,
+    }
 
 
 def check_kill_during_new(base: Path, work: Path, n: int, states: dict[str, object], *, both: bool = True) -> None:
@@ -112,11 +121,10 @@ def check_kill_during_new(base: Path, work: Path, n: int, states: dict[str, obje
     assert snapshot_tree(work) == states["pristine"], f"remove after a kill at step {n} of new"
 
 
-def check_kill_during_remove(base: Path, work: Path, n: int, states: dict[str, object], *, both: bool = True) -> None:
+def check_kill_during_remove(work: Path, n: int, states: dict[str, object], *, both: bool = True) -> None:
     """Kill `remove` at step `n`; then `remove` gives the pristine tree, and (`both`) `new` then the clean-run one."""
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(base, work, symlinks=True)
-    assert fork_cli(new_args(work))[0] == 0
+    shutil.copytree(states["generated_copy"], work, symlinks=True)  # type: ignore[arg-type]
     status, stderr = fork_cli(remove_args(work), env={"PEFT_SCAFFOLD_FAULT_AT": str(n)})
     assert status == -signal.SIGKILL, f"step {n}: not killed ({status}: {stderr})"
     status, stderr = fork_cli(remove_args(work))
@@ -138,7 +146,7 @@ def test_kill_at_sampled_steps_of_new_and_remove(peft_tree: Path, tmp_path: Path
     for n in (3, (2 * new_steps) // 3, new_steps - 1):  # type: ignore[operator]
         check_kill_during_new(peft_tree, tmp_path / "work", n, states)
     for n in ((2 * remove_steps) // 3, remove_steps - 1):  # type: ignore[operator]
-        check_kill_during_remove(peft_tree, tmp_path / "work", n, states)
+        check_kill_during_remove(tmp_path / "work", n, states)
 
 
 @pytest.mark.slow
@@ -147,7 +155,7 @@ def test_kill_at_every_step_of_new_and_remove(peft_tree: Path, tmp_path: Path, s
     for n in range(1, states["new_steps"] + 1):  # type: ignore[operator]
         check_kill_during_new(peft_tree, tmp_path / "work", n, states, both=False)
     for n in range(1, states["remove_steps"] + 1):  # type: ignore[operator]
-        check_kill_during_remove(peft_tree, tmp_path / "work", n, states, both=False)
+        check_kill_during_remove(tmp_path / "work", n, states, both=False)
 
 
 def test_kill_during_recovery_then_recover_again(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
