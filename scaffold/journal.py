@@ -231,8 +231,15 @@ def apply_changes(root: Path, changes: Sequence[Any]) -> None:
             raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise ScaffoldError(current, f"could not write ({reason}); all changes were rolled back", FAILURE) from exc
-    with _sigint_held():
-        _roll_forward(base, journal)
+    try:
+        with _sigint_held():
+            _roll_forward(base, journal)
+    except OSError as exc:  # every change is in place; only backups or the journal are left
+        raise ScaffoldError(
+            JOURNAL_NAME,
+            f"changes applied, but the clean-up failed ({exc.strerror}); the next run finishes it",
+            FAILURE,
+        ) from exc
 
 
 def _write_journal(base: Path, journal: Journal) -> None:
