@@ -111,7 +111,7 @@ def emit_json(data: Any) -> None:
 
 @app.command()
 @handle_errors
-@locks_tree("peft_root", "out_dir")
+@locks_tree("peft_root", "out_dir", "plugin_dir")
 def new(
     spec: Annotated[Path, typer.Argument(help="The method spec (YAML).", show_default=False)],
     peft_root: Annotated[
