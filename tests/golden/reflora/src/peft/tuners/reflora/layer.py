@@ -352,8 +352,11 @@ class Embedding(nn.Module, RefLoraLayer):
         )
 
     def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(x, delta_weight).to(result.dtype)
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + (F.linear(self._layer_op(x, lora_A), lora_B) * scaling).to(result.dtype)
 
 
 class _ConvNd(nn.Module, RefLoraLayer):
@@ -388,15 +391,34 @@ class _ConvNd(nn.Module, RefLoraLayer):
         # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups
         return base_layer._conv_forward(x, kernel, None)
 
-    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        dropout = self.reflora_dropout[adapter_name]
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(dropout(x), delta_weight).to(result.dtype)
-
 
 class Conv1d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv1d` layer."""
 
+    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        dropout = self.reflora_dropout[adapter_name]
+        if self._base().groups > 1:
+            # the factors of a grouped convolution's update do not split by group: apply the update whole
+            return result + self._layer_op(dropout(x), self._canonical_delta(adapter_name)).to(result.dtype)
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + (F.conv1d(self._layer_op(dropout(x), lora_A), lora_B[:, :, None]) * scaling).to(result.dtype)
+
 
 class Conv2d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv2d` layer."""
+
+    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        dropout = self.reflora_dropout[adapter_name]
+        if self._base().groups > 1:
+            # the factors of a grouped convolution's update do not split by group: apply the update whole
+            return result + self._layer_op(dropout(x), self._canonical_delta(adapter_name)).to(result.dtype)
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + (F.conv2d(self._layer_op(dropout(x), lora_A), lora_B[:, :, None, None]) * scaling).to(
+            result.dtype
+        )
