@@ -110,7 +110,8 @@ def test_scaling_merges_derive_the_forward():
     out_plan = build_plan(load_spec(SPECS / "scaler.yaml"))
     assert out_plan.composition == "output"
     assert set(_forwards(out_plan).values()) == {"output_scale"}
-    assert out_plan.scale_lines == ["lvec = self.outscale_lvec[adapter_name]", "return lvec"]
+    assert out_plan.scale is not None and out_plan.scale.expression == "lvec"
+    assert out_plan.scale.bindings == [("lvec", "self.outscale_lvec[adapter_name]")]
     in_plan = build_plan(load_spec(SPECS / "inscale.yaml"))
     assert in_plan.composition == "input"
     assert set(_forwards(in_plan).values()) == {"input_scale"}

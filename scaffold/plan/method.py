@@ -65,6 +65,36 @@ class WeightPlan:
     ndim: int
 
 
+@dataclass
+class DeltaPlan:
+    """`_canonical_delta`: the spec's `delta_weight`, computed in fp32 on CPU for half-precision weights."""
+
+    bindings: list[tuple[str, str]]  # locals: (name, code)
+    dtype_of: str  # the weight whose dtype the delta takes
+    fp32_names: list[str]  # weights cast to fp32 for half precision on CPU
+    reads_weight: bool
+    expression: str
+
+
+@dataclass
+class MergePlan:
+    """`_merged_weight` / `_unmerged_weight` from the spec's `merge` / `unmerge` (canonical view)."""
+
+    bindings: list[tuple[str, str]]
+    cast_names: list[str]  # weights cast to the base weight's dtype
+    uses_delta: bool
+    expression: str
+
+
+@dataclass
+class ScalePlan:
+    """`_scale`: the vector a scaling `merge` multiplies the weight's rows or columns by."""
+
+    bindings: list[tuple[str, str]]
+    reads_weight: bool
+    expression: str
+
+
 ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale"]
 
 _FORWARD_SUMMARIES: dict[str, str] = {
@@ -116,17 +146,17 @@ class MethodPlan:
     title: str
     hyperparameters: list[HyperparameterPlan]
     scalars: list[ScalarPlan]
-    derived_lines: list[str]  # update_layer: compute derived values into locals
+    derived: list[tuple[str, str]]  # update_layer: derived values computed into locals, (name, code)
     dropout: str | None
     weights: list[WeightPlan]
-    delta_lines: list[str]  # body of `_canonical_delta`
-    merge_lines: list[str] | None
-    unmerge_lines: list[str] | None
+    delta: DeltaPlan
+    merge: MergePlan | None
+    unmerge: MergePlan | None
     layer_classes: list[LayerClassPlan]
     target_modules: str | dict[str, list[str]]
     has_conv1d_transformers: bool
     composition: str = "additive"  # "additive" | "output" | "input": how active adapters compose (see algebra)
-    scale_lines: list[str] | None = None  # body of `_scale` (the merge's per-row / per-column vector)
+    scale: ScalePlan | None = None  # a scaling merge's vector (per row or per column)
     caches_base_weight: bool = False  # deltas read `weight`: keep the pre-merge weight while adapters are merged
     imports_math: bool = False
     imports_functional: bool = False
@@ -254,8 +284,8 @@ class _Planner:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
 
-        derived_lines = [
-            f"{name} = {render(expr, self.update_layer_names(), _SCALAR_MATH)}" for name, expr in derived_exprs.items()
+        derived = [
+            (name, render(expr, self.update_layer_names(), _SCALAR_MATH)) for name, expr in derived_exprs.items()
         ]
         families = families_for(list(spec.layers))
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
@@ -273,12 +303,12 @@ class _Planner:
             title=spec.title or class_name,
             hyperparameters=hyperparameters,
             scalars=[self.scalar_plan(n) for n in self.stored],
-            derived_lines=derived_lines,
+            derived=derived,
             dropout=spec.dropout,
             weights=weights,
-            delta_lines=self.delta_lines(delta),
-            merge_lines=self.merge_lines(merge, "*") if merge else None,
-            unmerge_lines=self.merge_lines(unmerge, "/") if unmerge else None,
+            delta=self.delta_plan(delta),
+            merge=self.merge_plan(merge, "*") if merge else None,
+            unmerge=self.merge_plan(unmerge, "/") if unmerge else None,
             layer_classes=layer_classes,
             target_modules=spec.target_modules,
             has_conv1d_transformers="Conv1D" in spec.layers,
@@ -287,7 +317,7 @@ class _Planner:
             or any(lc.uses_layer_op or lc.forward == "factored" for lc in layer_classes),
             uses_buffers=any(not w.trainable for w in weights),
             composition=self.merge_form.composition,
-            scale_lines=self.scale_lines(scale) if scale is not None else None,
+            scale=self.scale_plan(scale) if scale is not None else None,
             caches_base_weight=reads_weight,
         )
 
@@ -485,65 +515,39 @@ class _Planner:
             self.imports_math = True
         return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
 
-    def bind_lines(self, expr_names: set[str]) -> list[str]:
-        lines = []
-        for name in self.spec.weights:
-            if name in expr_names:
-                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
-        for name in self.stored:
-            if name in expr_names:
-                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
-        return lines
+    def bindings(self, names: set[str]) -> list[tuple[str, str]]:
+        """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value)."""
+        return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
 
-    def delta_lines(self, delta: Expression) -> list[str]:
+    def delta_plan(self, delta: Expression) -> DeltaPlan:
         used_weights = [n for n in self.spec.weights if n in delta.names] or [next(iter(self.spec.weights))]
-        lines = self.bind_lines(set(delta.names) | set(used_weights[:1]))
-        first = used_weights[0]
-        lines.append(f"dtype = {first}.dtype")
-        lines.append(
-            "# CPUs are slow at (and lack some kernels for) half-precision matmuls: compute in fp32, cast back"
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        return DeltaPlan(
+            bindings=self.bindings(set(delta.names) | set(used_weights[:1])),
+            dtype_of=used_weights[0],
+            fp32_names=used_weights,
+            reads_weight="weight" in delta.names,
+            expression=render(delta, dims),
         )
-        lines.append(f'cast_to_fp32 = {first}.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)')
-        lines.append("if cast_to_fp32:")
-        for name in used_weights:
-            lines.append(f"    {name} = {name}.float()")
-        if "weight" in delta.names:
-            lines.append(f"weight = self._canonical_weight().to({first}.dtype)")
-        dims = {d: DIM_CODE[d] for d in self.dims}
-        lines.append(f"delta_weight = {render(delta, dims)}")
-        lines.append("return delta_weight.to(dtype)")
-        return lines
 
-    def merge_lines(self, expr: Expression, op: str) -> list[str]:
+    def merge_plan(self, expr: Expression, op: str) -> MergePlan:
         if self.merge_form.composition != "additive":
-            # the merge's vector computed once, by `_scale`, which the forward uses too
+            # the merge's vector is computed by `_scale`, which the forward uses too
             index = "[:, None]" if self.merge_form.composition == "output" else "[None, :]"
-            return [
-                "weight = self._from_weight_layout(orig_weight)",
-                f"new_weight = weight {op} self._scale(adapter_name){index}.to(weight.dtype)",
-                "return self._to_weight_layout(new_weight).to(orig_weight.dtype)",
-            ]
-        lines = self.bind_lines(set(expr.names))
-        lines.append("weight = self._from_weight_layout(orig_weight)")
-        for name in self.spec.weights:
-            if name in expr.names:
-                lines.append(f"{name} = {name}.to(weight.dtype)")
-        if "delta_weight" in expr.names:
-            lines.append("delta_weight = self._canonical_delta(adapter_name).to(weight.dtype)")
+            return MergePlan([], [], False, f"weight {op} self._scale(adapter_name){index}.to(weight.dtype)")
         dims = {d: DIM_CODE[d] for d in self.dims}
-        lines.append(f"new_weight = {render(expr, dims)}")
-        lines.append("return self._to_weight_layout(new_weight).to(orig_weight.dtype)")
-        return lines
+        return MergePlan(
+            bindings=self.bindings(set(expr.names)),
+            cast_names=[n for n in self.spec.weights if n in expr.names],
+            uses_delta="delta_weight" in expr.names,
+            expression=render(expr, dims),
+        )
 
-    def scale_lines(self, scale: ast.expr) -> list[str]:
-        """Body of `_scale`: the merge's vector, computed like the delta (`weight` is the pre-merge weight)."""
+    def scale_plan(self, scale: ast.expr) -> ScalePlan:
+        """The merge's vector, computed like the delta (`weight` is the pre-merge weight)."""
         expr = Expression(source=ast.unparse(scale), tree=scale, names=frozenset(_names_in(scale)))
-        lines = self.bind_lines(set(expr.names))
-        if "weight" in expr.names:
-            lines.append("weight = self._canonical_weight()")
         dims = {d: DIM_CODE[d] for d in self.dims}
-        lines.append(f"return {render(expr, dims)}")
-        return lines
+        return ScalePlan(self.bindings(set(expr.names)), "weight" in expr.names, render(expr, dims))
 
     def ranks(self) -> dict[str, int]:
         """Tensor rank of every name a delta may read (a `[1]`-shaped weight broadcasts like a scalar)."""
@@ -590,9 +594,6 @@ class _Planner:
         return LayerClassPlan(
             family, torch_classes, base_types, "factored", bindings, render(expr, dims), x_in, uses_layer_op
         )
-
-    def bindings(self, names: set[str]) -> list[tuple[str, str]]:
-        return [(line.split(" = ")[0], line.split(" = ", 1)[1]) for line in self.bind_lines(names)]
 
     def base_types(self, family: LayerFamily) -> list[str]:
         return [t for t in family.base_types if t in self.spec.layers]
