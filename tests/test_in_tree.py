@@ -59,7 +59,6 @@ def test_peft_own_matrix_passes_for_reference_lora(peft_tree):
 
 # Methods whose correctness rests on what the generator derives (see docs/spec.md): all registered in one tree and
 # run through PEFT's matrix together (one collection of PEFT's big test modules instead of four).
-PASSED_PER_METHOD = 250  # each has > 270 passing cases in PEFT 0.21.2's test_custom_models.py
 DERIVED_SPECS = [REPO / "tests" / "specs" / f"{stem}.yaml" for stem in ("normdelta", "scaler", "inscale", "factored")]
 
 
@@ -68,7 +67,8 @@ def test_peft_own_matrix_passes_for_derived_behaviour_specs(peft_tree):
     selected = " or ".join(plan.class_name for plan in plans)
     custom = run_pytest(peft_tree, ["tests/test_custom_models.py", "-k", selected])
     assert custom.failed == 0 and custom.errors == 0, custom.output_tail
-    assert custom.passed > PASSED_PER_METHOD * len(plans), custom.output_tail  # every method's rows really ran
+    # 331 + 331 + 227 + 435 cases pass in PEFT 0.21.2: fewer than 1200 means some method's rows did not run
+    assert custom.passed > 1200, custom.output_tail
 
     configs = " or ".join(plan.config_cls for plan in plans)
     config = run_pytest(peft_tree, ["tests/test_config.py", "-k", f"({configs}) and {OFFLINE_DESELECT}"])
