@@ -9,10 +9,15 @@ A step is forward + backward + SGD step (r=8, lora_alpha=16, dropout 0), on CPU.
 (the script checks that the outputs agree first).
 
 - step time: one worker process per layer holds both models and alternates them step by step (interleaved repeats),
-  so that drift on a shared machine hits both alike; the median of each is reported.
+  so that drift on a shared machine hits both alike; the median (and best) wall time of each is reported, and the
+  median CPU time of the process (with one thread, the time the step computed, not counting the time the process
+  waited for a core on a loaded machine).
 - peak memory: a fresh process per (method, layer) builds the model and runs a few steps; reported are the
-  process's peak resident set (`ru_maxrss`) and, more telling, how far the steps raised it above the resident set
-  just before them (torch's CPU allocations are invisible to tracemalloc).
+  process's peak resident set (`ru_maxrss`), how far the steps raised it above the resident set just before them
+  (both include the allocator's slack, so they wobble by an activation or so between runs: medians of
+  `--memory-runs` processes are reported), and the exact peak of
+  torch's CPU allocations during one step (the profiler's memory timeline; torch's CPU allocations are invisible
+  to tracemalloc).
 
 The reflora method is generated into a fresh copy of the cached PEFT 0.21.2 tree, whose `peft` the workers import.
 Goal: every ratio generated / PEFT <= 1.05.
@@ -45,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per model (interleaved)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
+    parser.add_argument("--memory-runs", type=int, default=3, help="fresh processes per (method, layer); medians")
     parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset of " + ", ".join(LAYERS))
     parser.add_argument("--tree", type=Path, help="a PEFT tree with reflora registered (default: make one)")
     parser.add_argument("--time-worker", help=argparse.SUPPRESS)
@@ -68,7 +74,11 @@ def main() -> None:
         for layer in layers:
             common = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
             timing = worker(tree, ["--time-worker", layer, *common])
-            memory = {m: worker(tree, ["--memory-worker", m, layer, *common]) for m in METHODS}
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+            for _ in range(args.memory_runs):  # interleaved too; the medians damp the allocator's wobble
+                for m in METHODS:
+                    runs[m].append(worker(tree, ["--memory-worker", m, layer, *common]))
+            memory = {m: {key: statistics.median(r[key] for r in runs[m]) for key in runs[m][0]} for m in METHODS}
             results[layer] = {"time": timing, "memory": memory}
     report(results, args.threads, args.repeats)
 
@@ -105,8 +115,10 @@ def report(results: dict[str, Any], threads: int, repeats: int) -> None:
         rows = [
             ("step time (ms, median)", timing["peft_ms"], timing["generated_ms"]),
             ("step time (ms, best)", timing["peft_best_ms"], timing["generated_best_ms"]),
+            ("step CPU time (ms, median)", timing["peft_cpu_ms"], timing["generated_cpu_ms"]),
             ("peak RSS (MiB)", memory["peft"]["peak_mib"], memory["generated"]["peak_mib"]),
             ("peak RSS over pre-step (MiB)", memory["peft"]["step_mib"], memory["generated"]["step_mib"]),
+            ("torch allocations peak (MiB)", memory["peft"]["torch_peak_mib"], memory["generated"]["torch_peak_mib"]),
         ]
         for label, peft_value, gen_value in rows:
             ratio = gen_value / peft_value if peft_value else float("nan")
@@ -197,16 +209,19 @@ def measure_time(layer: str, repeats: int, threads: int) -> dict[str, Any]:
         for m in METHODS:
             steps[m]()
     times: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu_times: dict[str, list[float]] = {m: [] for m in METHODS}
     for i in range(repeats):
         order = METHODS if i % 2 == 0 else METHODS[::-1]  # neither always runs first
         for m in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[m]()
             times[m].append((time.perf_counter() - start) * 1000)
+            cpu_times[m].append((time.process_time() - cpu_start) * 1000)
     out: dict[str, Any] = {"max_abs_diff": max_abs_diff}
     for m in METHODS:
         out[f"{m}_ms"] = statistics.median(times[m])
         out[f"{m}_best_ms"] = min(times[m])
+        out[f"{m}_cpu_ms"] = statistics.median(cpu_times[m])
     return out
 
 
@@ -226,7 +241,19 @@ def measure_memory(method: str, layer: str, threads: int) -> dict[str, Any]:
     for _ in range(3):
         step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"peak_mib": peak / 1024, "step_mib": max(peak - before, 0) / 1024}
+    return {"peak_mib": peak / 1024, "step_mib": max(peak - before, 0) / 1024, "torch_peak_mib": torch_peak_mib(step)}
+
+
+def torch_peak_mib(fn: Any) -> float:
+    """Peak CPU memory allocated by torch while `fn` runs (the profiler's memory timeline, all categories)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    return max(sum(row) for row in sizes) / 2**20
 
 
 def _rss_kib() -> int:
