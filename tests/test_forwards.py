@@ -99,11 +99,14 @@ def test_spec_forward_wins_and_check_json_reports_each_layer_type():
 
 
 def test_check_says_when_a_forward_materialises_the_update():
-    result = runner.invoke(app, ["check", str(SPECS / "hadamard.yaml")], env={"COLUMNS": "250"})
+    spec = SPECS / "hadamard.yaml"
+    result = runner.invoke(app, ["check", str(spec), "--json"])
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip().startswith("forward ")]
-    assert len(lines) == len(load_spec(SPECS / "hadamard.yaml").layers)
-    assert all("materialises ΔW" in line and "O(out × in)" in line for line in lines)
+    forwards = json.loads(result.stdout)["forwards"]
+    assert sorted(forwards) == sorted(load_spec(spec).layers)
+    assert all("materialises ΔW" in text and "O(out × in)" in text for text in forwards.values())
+    human = runner.invoke(app, ["check", str(spec)])
+    assert human.exit_code == 0 and "materialises" in human.output and "forward Conv2d" in human.output
 
 
 def test_scaling_merges_derive_the_forward():
