@@ -58,12 +58,7 @@ CASES = [
 ]
 
 # Known bugs of the generator (issue #9), as (spec file, check) -> reason; strict: the test flips when fixed.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("scaler.yaml", "oracle_two_forward"): (
-        "non-additive composition (issue #9): each active adapter's forward term is added to the base output, so "
-        "two OutScale adapters give W(v1 + v2 - 1) x instead of the merged W v1 v2 x"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

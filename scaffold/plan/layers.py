@@ -22,6 +22,16 @@ class LayerFamily:
     dims: tuple[str, ...]  # dims a spec may use beyond in_features/out_features
     conv_fn: str | None = None  # F.conv1d / F.conv2d / F.conv3d
 
+    @property
+    def spatial_dims(self) -> int:
+        """How many dims follow (batch, channels) in a convolution's input (0 for other layers)."""
+        return int(self.conv_fn[-2]) if self.conv_fn else 0
+
+    @property
+    def channel_view(self) -> str:
+        """Indexing that turns a per-channel vector into one that broadcasts over the layer's output."""
+        return f"[:{', None' * self.spatial_dims}]" if self.spatial_dims else ""
+
 
 # The spec's layer type -> torch class expression used in `isinstance` checks of the generated model.
 TORCH_CLASSES: dict[str, str] = {

@@ -7,10 +7,12 @@ here, raising `ScaffoldError` with the spec field it concerns.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from scaffold.errors import ScaffoldError
+from scaffold.plan.algebra import CompositionError, MergeForm, factorise, merge_form, reads
 from scaffold.plan.layers import (
     DIM_CODE,
     TORCH_CLASSES,
@@ -64,12 +66,71 @@ class WeightPlan:
 
 
 @dataclass
+class DeltaPlan:
+    """`_canonical_delta`: the spec's `delta_weight`, computed in fp32 on CPU for half-precision weights."""
+
+    bindings: list[tuple[str, str]]  # locals: (name, code)
+    dtype_of: str  # the weight whose dtype the delta takes
+    fp32_names: list[str]  # weights cast to fp32 for half precision on CPU
+    reads_weight: bool
+    expression: str
+
+
+@dataclass
+class MergePlan:
+    """`_merged_weight` / `_unmerged_weight` from the spec's `merge` / `unmerge` (canonical view)."""
+
+    bindings: list[tuple[str, str]]
+    cast_names: list[str]  # weights cast to the base weight's dtype
+    uses_delta: bool
+    expression: str
+
+
+@dataclass
+class ScalePlan:
+    """`_scale`: the vector a scaling `merge` multiplies the weight's rows or columns by."""
+
+    bindings: list[tuple[str, str]]
+    reads_weight: bool
+    expression: str
+
+
+ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale"]
+
+_FORWARD_SUMMARIES: dict[str, str] = {
+    "spec": "the spec's forward",
+    "factored": "factored: applies the factors of delta_weight in turn, never builds ΔW",
+    "dense": "materialises ΔW (out_features × in_features) on every call: O(out × in) time and memory",
+    "output_scale": "scales the output by the merge's vector (adapters chain as their merges do)",
+    "input_scale": "scales the input by the merge's vector (adapters chain as their merges do)",
+}
+
+
+@dataclass
 class LayerClassPlan:
+    """One generated layer class, and which forward it gets (the template prints the chosen branch)."""
+
     family: LayerFamily
     torch_classes: list[str]  # isinstance targets in the model's dispatch
     base_types: list[str]
-    forward_lines: list[str]  # body of `_adapter_forward`
+    forward: ForwardKind
+    bindings: list[tuple[str, str]]  # locals bound at the top of `_adapter_forward`: (name, code)
+    expression: str  # spec: its expression; factored: the update applied to the input; output_scale: the scale
+    x_in: str  # the adapter's input: `dropout(x)` or `x`
     uses_layer_op: bool
+    reads_base: bool = False  # spec forward that uses `base`: its value is the output
+
+    @property
+    def forward_summary(self) -> str:
+        summary = _FORWARD_SUMMARIES[self.forward]
+        if self.forward == "factored" and self.family.kind == "conv":
+            summary += " (a grouped convolution, groups > 1, materialises ΔW)"
+        return summary
+
+    @property
+    def forward_key(self) -> tuple[object, ...]:
+        """What decides the emitted `_adapter_forward`: classes with equal keys share one implementation."""
+        return (self.forward, tuple(self.bindings), self.expression, self.x_in, self.reads_base)
 
 
 @dataclass
@@ -85,15 +146,18 @@ class MethodPlan:
     title: str
     hyperparameters: list[HyperparameterPlan]
     scalars: list[ScalarPlan]
-    derived_lines: list[str]  # update_layer: compute derived values into locals
+    derived: list[tuple[str, str]]  # update_layer: derived values computed into locals, (name, code)
     dropout: str | None
     weights: list[WeightPlan]
-    delta_lines: list[str]  # body of `_canonical_delta`
-    merge_lines: list[str] | None
-    unmerge_lines: list[str] | None
+    delta: DeltaPlan
+    merge: MergePlan | None
+    unmerge: MergePlan | None
     layer_classes: list[LayerClassPlan]
     target_modules: str | dict[str, list[str]]
     has_conv1d_transformers: bool
+    composition: str = "additive"  # "additive" | "output" | "input": how active adapters compose (see algebra)
+    scale: ScalePlan | None = None  # a scaling merge's vector (per row or per column)
+    caches_base_weight: bool = False  # deltas read `weight`: keep the pre-merge weight while adapters are merged
     imports_math: bool = False
     imports_functional: bool = False
     uses_buffers: bool = False
@@ -112,8 +176,13 @@ class MethodPlan:
     @property
     def conv_forward_shared(self) -> bool:
         """Whether every convolution class has the same forward (then it lives on their shared base class)."""
-        forwards = [lc.forward_lines for lc in self.layer_classes if lc.family.kind == "conv"]
-        return all(lines == forwards[0] for lines in forwards)
+        forwards = [lc.forward_key for lc in self.layer_classes if lc.family.kind == "conv"]
+        return all(key == forwards[0] for key in forwards)
+
+    @property
+    def forwards_by_layer_type(self) -> dict[str, str]:
+        """For `check`: each listed layer type and the forward its generated class gets."""
+        return {t: lc.forward_summary for lc in self.layer_classes for t in lc.base_types}
 
     @property
     def identity_init_branches(self) -> list[tuple[str | None, list[str]]]:
@@ -154,6 +223,7 @@ class _Planner:
         self.stored: dict[str, None] = {}  # scalars the layer must keep, in first-use order
         self.imports_math = False
         self.imports_functional = False
+        self.merge_form = MergeForm("additive")
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -201,18 +271,26 @@ class _Planner:
             for field_name, expr in (("merge", merge), ("unmerge", unmerge)):
                 if "weight" not in expr.names:
                     raise self.fail(field_name, "must compute the new weight from `weight`")
+            try:
+                self.merge_form = merge_form(merge.tree, unmerge.tree)
+            except CompositionError as exc:
+                raise self.fail(exc.field, str(exc)) from None
+        self.delta = delta
         forwards = self.forwards()
+        self.check_composition(forwards)
 
         for expr in [delta, merge, unmerge, *forwards.values()]:
             if expr is not None:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
 
-        derived_lines = [
-            f"{name} = {render(expr, self.update_layer_names(), _SCALAR_MATH)}" for name, expr in derived_exprs.items()
+        derived = [
+            (name, render(expr, self.update_layer_names(), _SCALAR_MATH)) for name, expr in derived_exprs.items()
         ]
         families = families_for(list(spec.layers))
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
+        scale = self.merge_form.scale
+        reads_weight = "weight" in delta.names or (scale is not None and reads(scale, "weight"))
         return MethodPlan(
             spec=spec,
             name=spec.name,
@@ -225,19 +303,44 @@ class _Planner:
             title=spec.title or class_name,
             hyperparameters=hyperparameters,
             scalars=[self.scalar_plan(n) for n in self.stored],
-            derived_lines=derived_lines,
+            derived=derived,
             dropout=spec.dropout,
             weights=weights,
-            delta_lines=self.delta_lines(delta),
-            merge_lines=self.merge_lines(merge) if merge else None,
-            unmerge_lines=self.merge_lines(unmerge) if unmerge else None,
+            delta=self.delta_plan(delta),
+            merge=self.merge_plan(merge, "*") if merge else None,
+            unmerge=self.merge_plan(unmerge, "/") if unmerge else None,
             layer_classes=layer_classes,
             target_modules=spec.target_modules,
             has_conv1d_transformers="Conv1D" in spec.layers,
             imports_math=self.imports_math,
-            imports_functional=self.imports_functional or any(lc.uses_layer_op for lc in layer_classes),
+            imports_functional=self.imports_functional
+            or any(lc.uses_layer_op or lc.forward == "factored" for lc in layer_classes),
             uses_buffers=any(not w.trainable for w in weights),
+            composition=self.merge_form.composition,
+            scale=self.scale_plan(scale) if scale is not None else None,
+            caches_base_weight=reads_weight,
         )
+
+    def check_composition(self, forwards: dict[str, Expression]) -> None:
+        """With a scaling `merge`, the forward is derived from it (so that several active adapters give what
+        merging them in order gives): a hand-written forward could not be checked against it."""
+        form = self.merge_form
+        if form.composition == "additive":
+            return
+        for key in forwards:
+            raise self.fail(
+                f"forward.{key}",
+                f"`merge` scales the {form.composition}, so the forward is derived from it (adapters then chain "
+                "like their merges); remove this entry",
+            )
+        if form.composition == "input":
+            others = [t for t in self.spec.layers if t not in ("Linear", "Conv1D")]
+            if others:
+                raise self.fail(
+                    "layers",
+                    f"scaling the input (merge `weight * v[None, :]`) applies to Linear and Conv1D only, not "
+                    f"{', '.join(others)}",
+                )
 
     def check_dropout(self) -> None:
         name = self.spec.dropout
@@ -404,84 +507,92 @@ class _Planner:
             if key in given:
                 expr = self.parse(f"{where}.{key}", given[key], self.scalar_names(), tensor=False)
                 self.mark_stored(expr)
-                args.append(f"{key}={render(expr, self.stored_names(), _SCALAR_MATH)}")
+                keyword = "val" if key == "value" else key  # torch's nn.init.constant_(tensor, val)
+                args.append(f"{keyword}={render(expr, self.stored_names(), _SCALAR_MATH)}")
         if call.name == "kaiming_uniform" and "a" not in given:
             # nn.Linear's own default, so an adapter factor is initialised like the layer it mirrors
             args.append("a=math.sqrt(5)")
             self.imports_math = True
         return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
 
-    def bind_lines(self, expr_names: set[str]) -> list[str]:
-        lines = []
-        for name in self.spec.weights:
-            if name in expr_names:
-                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
-        for name in self.stored:
-            if name in expr_names:
-                lines.append(f"{name} = self.{self.prefix}{name}[adapter_name]")
-        return lines
+    def bindings(self, names: set[str]) -> list[tuple[str, str]]:
+        """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value)."""
+        return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
 
-    def delta_lines(self, delta: Expression) -> list[str]:
+    def delta_plan(self, delta: Expression) -> DeltaPlan:
         used_weights = [n for n in self.spec.weights if n in delta.names] or [next(iter(self.spec.weights))]
-        lines = self.bind_lines(set(delta.names) | set(used_weights[:1]))
-        first = used_weights[0]
-        lines.append(f"dtype = {first}.dtype")
-        lines.append(
-            "# CPUs are slow at (and lack some kernels for) half-precision matmuls: compute in fp32, cast back"
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        return DeltaPlan(
+            bindings=self.bindings(set(delta.names) | set(used_weights[:1])),
+            dtype_of=used_weights[0],
+            fp32_names=used_weights,
+            reads_weight="weight" in delta.names,
+            expression=render(delta, dims),
         )
-        lines.append(f'cast_to_fp32 = {first}.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)')
-        lines.append("if cast_to_fp32:")
-        for name in used_weights:
-            lines.append(f"    {name} = {name}.float()")
-        if "weight" in delta.names:
-            lines.append(f"weight = self._canonical_weight().to({first}.dtype)")
-        dims = {d: DIM_CODE[d] for d in self.dims}
-        lines.append(f"delta_weight = {render(delta, dims)}")
-        lines.append("return delta_weight.to(dtype)")
-        return lines
 
-    def merge_lines(self, expr: Expression) -> list[str]:
-        lines = self.bind_lines(set(expr.names))
-        lines.append("weight = self._from_weight_layout(orig_weight)")
-        for name in self.spec.weights:
-            if name in expr.names:
-                lines.append(f"{name} = {name}.to(weight.dtype)")
-        if "delta_weight" in expr.names:
-            lines.append("delta_weight = self._canonical_delta(adapter_name).to(weight.dtype)")
+    def merge_plan(self, expr: Expression, op: str) -> MergePlan:
+        if self.merge_form.composition != "additive":
+            # the merge's vector is computed by `_scale`, which the forward uses too
+            index = "[:, None]" if self.merge_form.composition == "output" else "[None, :]"
+            return MergePlan([], [], False, f"weight {op} self._scale(adapter_name){index}.to(weight.dtype)")
         dims = {d: DIM_CODE[d] for d in self.dims}
-        lines.append(f"new_weight = {render(expr, dims)}")
-        lines.append("return self._to_weight_layout(new_weight).to(orig_weight.dtype)")
-        return lines
+        return MergePlan(
+            bindings=self.bindings(set(expr.names)),
+            cast_names=[n for n in self.spec.weights if n in expr.names],
+            uses_delta="delta_weight" in expr.names,
+            expression=render(expr, dims),
+        )
+
+    def scale_plan(self, scale: ast.expr) -> ScalePlan:
+        """The merge's vector, computed like the delta (`weight` is the pre-merge weight)."""
+        expr = Expression(source=ast.unparse(scale), tree=scale, names=frozenset(_names_in(scale)))
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        return ScalePlan(self.bindings(set(expr.names)), "weight" in expr.names, render(expr, dims))
+
+    def ranks(self) -> dict[str, int]:
+        """Tensor rank of every name a delta may read (a `[1]`-shaped weight broadcasts like a scalar)."""
+        ranks = {n: 0 for n in self.scalar_names() if n not in self.hp or self.hp[n].type != "list"}
+        ranks.update({n: 0 if w.shape == [1] else len(w.shape) for n, w in self.spec.weights.items()})
+        ranks["weight"] = 2
+        return ranks
 
     def layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
-        lines: list[str] = []
         dims = {d: DIM_CODE[d] for d in self.dims}
-        calls = {"layer_op": "self._layer_op"}
-        if forward is None:
-            # Default forward: by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)
-            # dropout on an embedding's integer indices makes no sense (PEFT's LoRA skips it there too)
-            use_dropout = bool(self.spec.dropout) and family.kind != "embedding"
-            if use_dropout:
-                lines.append(f"dropout = self.{self.prefix}dropout[adapter_name]")
-            lines.append("delta_weight = self._canonical_delta(adapter_name)")
-            x_in = "dropout(x)" if use_dropout else "x"
-            lines.append(f"return result + self._layer_op({x_in}, delta_weight).to(result.dtype)")
-            return LayerClassPlan(family, self.torch_classes(family), self.base_types(family), lines, True)
-        names = set(forward.names)
-        lines.extend(self.bind_lines(names))
-        if forward.uses("dropout"):
-            lines.append(f"dropout = self.{self.prefix}dropout[adapter_name]")
-        if "weight" in names:
-            lines.append("weight = self._canonical_weight()")
-        if "delta_weight" in names:
-            lines.append("delta_weight = self._canonical_delta(adapter_name)")
-        if "base" in names:
-            lines.append("base = result")
-            lines.append(f"return ({render(forward, dims, calls)}).to(result.dtype)")
-        else:
-            lines.append(f"return result + ({render(forward, dims, calls)}).to(result.dtype)")
+        torch_classes, base_types = self.torch_classes(family), self.base_types(family)
+        # dropout on an embedding's integer indices makes no sense (PEFT's LoRA skips it there too)
+        use_dropout = bool(self.spec.dropout) and family.kind != "embedding"
+        x_in = "dropout(x)" if use_dropout else "x"
+        dropout = [("dropout", f"self.{self.prefix}dropout[adapter_name]")] if use_dropout else []
+        composition = self.merge_form.composition
+        if composition != "additive":
+            kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
+            return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
+        if forward is not None:
+            names = set(forward.names)
+            bindings = self.bindings(names)
+            if forward.uses("dropout"):
+                bindings.append(("dropout", f"self.{self.prefix}dropout[adapter_name]"))
+            if "weight" in names:
+                bindings.append(("weight", "self._canonical_weight()"))
+            if "delta_weight" in names:
+                bindings.append(("delta_weight", "self._canonical_delta(adapter_name)"))
+            code = render(forward, dims, {"layer_op": "self._layer_op"})
+            return LayerClassPlan(
+                family, torch_classes, base_types, "spec", bindings, code, x_in, forward.uses("layer_op"),
+                reads_base="base" in names,
+            )  # fmt: skip
+        product = factorise(self.delta.tree, self.ranks())
+        if product is None:
+            # by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)
+            return LayerClassPlan(family, torch_classes, base_types, "dense", dropout, "", x_in, True)
+        bindings = self.bindings(set(self.delta.names)) + dropout
+        if "weight" in self.delta.names:
+            bindings.append(("weight", "self._canonical_weight()"))
+        tree = _apply_factors(family, product, ast.parse(x_in, mode="eval").body)
+        expr = Expression(source=ast.unparse(tree), tree=tree, names=self.delta.names)
+        uses_layer_op = family.kind != "linear"  # Linear applies its factors with F.linear directly
         return LayerClassPlan(
-            family, self.torch_classes(family), self.base_types(family), lines, forward.uses("layer_op")
+            family, torch_classes, base_types, "factored", bindings, render(expr, dims), x_in, uses_layer_op
         )
 
     def base_types(self, family: LayerFamily) -> list[str]:
@@ -492,9 +603,39 @@ class _Planner:
 
 
 def ast_dump(expr: Expression) -> str:
-    import ast
-
     return ast.unparse(expr.tree)
+
+
+def _names_in(node: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _call(func: str, *args: ast.expr) -> ast.expr:
+    return ast.Call(func=ast.parse(func, mode="eval").body, args=list(args), keywords=[])
+
+
+def _apply_factors(family: LayerFamily, product: Any, x_in: ast.expr) -> ast.expr:
+    """The update `M_1 @ ... @ M_k * factors` applied to the input without building it: the last factor the
+    way the base layer applies its weight (F.linear, an embedding lookup, a convolution with the base layer's
+    kernel, stride, padding...), each earlier one as a linear map on the features (a 1x1 convolution for convs,
+    as PEFT's LoRA does), then the scalars."""
+    operands = product.operands()
+    first = operands[-1]
+    out = _call("F.linear", x_in, first) if family.kind == "linear" else _call("self._layer_op", x_in, first)
+    for operand in reversed(operands[:-1]):
+        if family.kind == "conv":
+            kernel = ast.Subscript(
+                value=operand,
+                slice=ast.Tuple(elts=[ast.Slice(), ast.Slice(), *[ast.Constant(None)] * family.spatial_dims]),
+            )
+            out = _call(family.conv_fn or "", out, kernel)
+        else:
+            out = _call("F.linear", out, operand)
+    for op, factor in product.scalars:
+        out = ast.BinOp(out, ast.Mult() if op == "*" else ast.Div(), factor)
+    if product.negative:
+        out = ast.UnaryOp(ast.USub(), out)
+    return out
 
 
 def _num(value: float, type_: str) -> str:

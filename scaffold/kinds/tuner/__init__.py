@@ -80,6 +80,7 @@ class TunerKind(Kind):
             "weights": {
                 w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights
             },
+            "forwards": plan.forwards_by_layer_type,
             "files": sorted(files.paths_for(plan, Layout.PEFT_TREE).values()),
             "registers": [site.name for site in SITES],
         }

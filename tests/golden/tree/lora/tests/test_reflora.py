@@ -146,6 +146,24 @@ class TestRefLoraLayers:
                     assert "other" not in getattr(module, attr)
         torch.testing.assert_close(model(x), out_default)
 
+    def test_two_active_adapters_equal_their_merge_in_any_order(self, layer_type):
+        _, model, x = _peft_model(layer_type, init_weights=False)
+        torch.manual_seed(1)
+        model.add_adapter("other", _config(_layer_type=layer_type, init_weights=False))
+        model.base_model.set_adapter(["default", "other"])
+        layer = model.base_model.model.layer
+        base_layer = layer.get_base_layer()
+        before = {name: param.detach().clone() for name, param in base_layer.named_parameters()}
+        both_active = model(x)
+        for order in (["default", "other"], ["other", "default"]):
+            layer.merge(adapter_names=order)
+            # merged, the forward is the base layer's alone: it must give what the two active adapters gave
+            torch.testing.assert_close(model(x), both_active, atol=1e-5, rtol=1e-5)
+            layer.unmerge()
+            for name, param in base_layer.named_parameters():
+                torch.testing.assert_close(param, before[name], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model(x), both_active)
+
     def test_mixed_adapter_batch(self, layer_type):
         base, model, x = _peft_model(layer_type, init_weights=False)
         torch.manual_seed(1)
@@ -180,6 +198,21 @@ class TestRefLoraLayers:
         merged = peft_model.merge_and_unload()
         assert merged.layer.weight.dtype == dtype
         torch.testing.assert_close(merged(x), output, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("layer_type", ["Conv1d", "Conv2d"])
+def test_grouped_convolution_forward_matches_merge(layer_type):
+    # a grouped convolution's update is applied differently from an ungrouped one's: check both agree with merging
+    spatial = {"Conv1d": (9,), "Conv2d": (9, 9), "Conv3d": (5, 5, 5)}[layer_type]
+    torch.manual_seed(0)
+    model = MLP(getattr(nn, layer_type)(4, 8, 3, groups=2))
+    x = torch.randn(4, 4, *spatial)
+    peft_model = get_peft_model(model, _config(init_weights=False)).eval()
+    expected = peft_model(x)
+    peft_model.merge_adapter()
+    torch.testing.assert_close(peft_model(x), expected, atol=1e-5, rtol=1e-5)
+    peft_model.unmerge_adapter()
+    torch.testing.assert_close(peft_model(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def _tiny_llama():

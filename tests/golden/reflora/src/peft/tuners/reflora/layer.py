@@ -23,33 +23,27 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from peft.utils.other import transpose
 
 from .config import RefLoraConfig
 
 
-def _get_in_out_features(base_layer: nn.Module) -> tuple[int, int]:
-    """The canonical (in_features, out_features) of a base layer: the shape its weight has as a 2-D matrix."""
-    if isinstance(base_layer, Conv1D):
-        # Conv1D stores its weight as (in_features, out_features); DeepSpeed ZeRO-3 keeps the real shape in ds_shape
-        in_features, out_features = (
-            base_layer.weight.ds_shape if hasattr(base_layer.weight, "ds_shape") else base_layer.weight.shape
-        )
-        return in_features, out_features
-    if isinstance(base_layer, nn.Linear):
-        return base_layer.in_features, base_layer.out_features
-    if isinstance(base_layer, nn.Embedding):
-        return base_layer.num_embeddings, base_layer.embedding_dim
+def _canonical_in_out_features(base_layer: nn.Module) -> tuple[int, int]:
+    """
+    The (in_features, out_features) of the base layer's weight seen as a 2-D matrix: PEFT's `_get_in_out_features`,
+    except for convolutions, whose matrix has one column per input channel of a group and kernel element.
+    """
     if isinstance(base_layer, (nn.Conv1d, nn.Conv2d)):
-        # a convolution's weight seen as a matrix: (out_channels, in_channels / groups * kernel elements)
         kernel_numel = 1
         for size in base_layer.kernel_size:
             kernel_numel *= size
         return base_layer.in_channels // base_layer.groups * kernel_numel, base_layer.out_channels
-    raise TypeError(f"RefLoRA does not support layers of type {type(base_layer).__name__}.")
+    in_features, out_features = _get_in_out_features(base_layer)
+    if in_features is None or out_features is None:
+        raise TypeError(f"RefLoRA does not support layers of type {type(base_layer).__name__}.")
+    return in_features, out_features
 
 
 class RefLoraLayer(BaseTunerLayer):
@@ -76,7 +70,7 @@ class RefLoraLayer(BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
 
-        self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
+        self.in_features, self.out_features = _canonical_in_out_features(self.get_base_layer())
 
     def update_layer(self, adapter_name: str, config: RefLoraConfig, **kwargs: Any) -> None:
         """Create the adapter `adapter_name` on this layer from `config`."""
@@ -352,8 +346,11 @@ class Embedding(nn.Module, RefLoraLayer):
         )
 
     def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(x, delta_weight).to(result.dtype)
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + F.linear(self._layer_op(x, lora_A), lora_B) * scaling
 
 
 class _ConvNd(nn.Module, RefLoraLayer):
@@ -388,15 +385,32 @@ class _ConvNd(nn.Module, RefLoraLayer):
         # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups
         return base_layer._conv_forward(x, kernel, None)
 
-    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        dropout = self.reflora_dropout[adapter_name]
-        delta_weight = self._canonical_delta(adapter_name)
-        return result + self._layer_op(dropout(x), delta_weight).to(result.dtype)
-
 
 class Conv1d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv1d` layer."""
 
+    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        dropout = self.reflora_dropout[adapter_name]
+        if self._base().groups > 1:
+            # the factors of a grouped convolution's update do not split by group: apply the update whole
+            return result + self._layer_op(dropout(x), self._canonical_delta(adapter_name)).to(result.dtype)
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + F.conv1d(self._layer_op(dropout(x), lora_A), lora_B[:, :, None]) * scaling
+
 
 class Conv2d(_ConvNd):
     """RefLoRA implemented in a `nn.Conv2d` layer."""
+
+    def _adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        lora_A = self.reflora_lora_A[adapter_name]
+        lora_B = self.reflora_lora_B[adapter_name]
+        scaling = self.reflora_scaling[adapter_name]
+        dropout = self.reflora_dropout[adapter_name]
+        if self._base().groups > 1:
+            # the factors of a grouped convolution's update do not split by group: apply the update whole
+            return result + self._layer_op(dropout(x), self._canonical_delta(adapter_name)).to(result.dtype)
+        # the update's factors applied in turn: the (out_features, in_features) delta weight is never built
+        return result + F.conv2d(self._layer_op(dropout(x), lora_A), lora_B[:, :, None, None]) * scaling

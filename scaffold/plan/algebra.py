@@ -1,0 +1,269 @@
+"""What the generator can tell about a spec's tensor expressions from their shape alone, without evaluating them.
+
+Two questions are answered here, both on the parsed `ast` of an expression:
+
+- *Can `delta_weight` be applied factor by factor?* A product such as `B @ A * s` or
+  `(lb[:, None] * B) @ (ld[:, None] * A)` is a chain of `@` whose operands are computed per call (they are small:
+  rank-sized), times scalar, per-row (`v[:, None]`) or per-column (`v[None, :]`, or a 1-D `v`) factors. Such a
+  delta is applied as `x -> x A^T -> ... -> B`, never building the (out_features, in_features) matrix
+  (`factorise`).
+- *How do several adapters compose?* `merge`/`unmerge` decide it (`composition`): `weight + delta_weight` adds
+  (each adapter's forward adds its own output), `weight * v[:, None]` scales the output rows (the forward scales
+  the output, so two adapters chain like two merges), `weight * v[None, :]` scales the input columns (the forward
+  scales the input). Anything else cannot be matched by a forward, and is refused.
+
+Ranks are inferred conservatively: an expression whose rank cannot be told is not factored (it materialises).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+# Ranks a broadcast factor can have against a 2-D (out_features, in_features) matrix.
+Rank = Literal["scalar", "vector", "row", "col", "matrix"]
+
+
+def rank_of(node: ast.expr, ranks: Mapping[str, int]) -> Rank | None:
+    """The broadcast role of `node`, from the ranks of the names it reads (None: cannot tell).
+
+    `vector` is a 1-D tensor (it broadcasts over the last dim, like a `col`); `row` is `v[:, None]`, shape
+    (n, 1); `col` is `v[None, :]`, shape (1, n).
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return "scalar"
+    if isinstance(node, ast.Name):
+        return _from_int(ranks.get(node.id))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return rank_of(node.operand, ranks)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+        return _broadcast(rank_of(node.left, ranks), rank_of(node.right, ranks))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        left, right = rank_of(node.left, ranks), rank_of(node.right, ranks)
+        return "matrix" if left == right == "matrix" else None
+    if isinstance(node, ast.Subscript):
+        return _indexed(rank_of(node.value, ranks), node.slice)
+    if isinstance(node, ast.Call):
+        return _called(node, ranks)
+    return None
+
+
+_BY_NDIM: dict[int, Rank] = {0: "scalar", 1: "vector", 2: "matrix"}
+
+
+def _from_int(rank: int | None) -> Rank | None:
+    return None if rank is None else _BY_NDIM.get(rank)
+
+
+_ORDER: dict[Rank, int] = {"scalar": 0, "vector": 1, "row": 2, "col": 2, "matrix": 3}
+
+
+def _broadcast(left: Rank | None, right: Rank | None) -> Rank | None:
+    if left is None or right is None:
+        return None
+    if left == right:
+        return left
+    if "scalar" in (left, right):
+        return right if left == "scalar" else left
+    if {left, right} == {"vector", "col"}:
+        return "col"
+    # row x col, or anything with a matrix: a full matrix
+    return "matrix"
+
+
+def _indexed(value: Rank | None, index: ast.expr) -> Rank | None:
+    """`v[:, None]` -> row, `v[None, :]` / `v[None]` -> col, for a 1-D `v`."""
+    if value != "vector":
+        return None
+    parts = index.elts if isinstance(index, ast.Tuple) else [index]
+    kinds = ["none" if _is_none(p) else "all" if _is_full_slice(p) else "other" for p in parts]
+    if kinds == ["all", "none"]:
+        return "row"
+    if kinds in (["none", "all"], ["none"]):
+        return "col"
+    return None
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _is_full_slice(node: ast.expr) -> bool:
+    return isinstance(node, ast.Slice) and node.lower is None and node.upper is None and node.step is None
+
+
+_NORMS = {"torch.linalg.norm", "torch.norm", "torch.linalg.matrix_norm"}
+_ELEMENTWISE = {"torch.sqrt", "torch.exp", "torch.abs", "torch.sigmoid", "torch.tanh", "torch.rsqrt", "torch.square"}
+
+
+def _called(node: ast.Call, ranks: Mapping[str, int]) -> Rank | None:
+    name = ast.unparse(node.func)
+    if name in _NORMS or isinstance(node.func, ast.Attribute) and node.func.attr == "norm" and name not in _NORMS:
+        # the norm of the whole tensor is a scalar; with `dim` it is not (we do not follow dims)
+        return "scalar" if not node.keywords and len(node.args) <= (1 if name in _NORMS else 0) else None
+    if name in _ELEMENTWISE and len(node.args) == 1 and not node.keywords:
+        return rank_of(node.args[0], ranks)
+    if name == "F.normalize" and node.args and rank_of(node.args[0], ranks) == "matrix":
+        return "matrix"
+    if isinstance(node.func, ast.Attribute) and node.func.attr in ("float", "contiguous", "detach"):
+        return rank_of(node.func.value, ranks)
+    return None
+
+
+@dataclass
+class Factorisation:
+    """`delta_weight` as `sign * (M_1 @ ... @ M_k) (*|/) factors...`: the operands in order, and the
+    scalar, per-row and per-column factors with their operator (`*` or `/`)."""
+
+    chain: list[ast.expr]
+    scalars: list[tuple[str, ast.expr]] = field(default_factory=list)
+    rows: list[tuple[str, ast.expr]] = field(default_factory=list)
+    cols: list[tuple[str, ast.expr]] = field(default_factory=list)
+    negative: bool = False
+
+    def operands(self) -> list[ast.expr]:
+        """The chain with the row factors folded into the first operand and the column factors into the last
+        (both are small: rank-sized), so the product applies as a plain chain times scalars."""
+        chain = list(self.chain)
+        for op, factor in self.rows:
+            chain[0] = ast.BinOp(chain[0], _OPS[op](), factor)
+        for op, factor in self.cols:
+            chain[-1] = ast.BinOp(chain[-1], _OPS[op](), factor)
+        return chain
+
+
+_OPS: dict[str, type[ast.operator]] = {"*": ast.Mult, "/": ast.Div}
+
+
+def factorise(node: ast.expr, ranks: Mapping[str, int]) -> Factorisation | None:
+    """`node` as a chain of `@` times broadcast factors, or None when it is not one (it then materialises)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        operands = _flatten_matmul(node)
+        if any(rank_of(o, ranks) in ("scalar", "vector", "row", "col") for o in operands):
+            return None
+        return Factorisation(operands)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = factorise(node.operand, ranks)
+        if inner is not None:
+            inner.negative = not inner.negative
+        return inner
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+        op = "*" if isinstance(node.op, ast.Mult) else "/"
+        left = factorise(node.left, ranks)
+        if left is not None and _add_factor(left, op, node.right, ranks):
+            return left
+        if op == "*":
+            right = factorise(node.right, ranks)
+            if right is not None and _add_factor(right, "*", node.left, ranks, prepend=True):
+                return right
+    return None
+
+
+def _flatten_matmul(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        return _flatten_matmul(node.left) + _flatten_matmul(node.right)
+    return [node]
+
+
+def _add_factor(
+    product: Factorisation, op: str, factor: ast.expr, ranks: Mapping[str, int], prepend: bool = False
+) -> bool:
+    rank = rank_of(factor, ranks)
+    target = {"scalar": product.scalars, "row": product.rows, "col": product.cols, "vector": product.cols}.get(
+        rank or "matrix"
+    )
+    if target is None:
+        return False
+    target.insert(0, (op, factor)) if prepend else target.append((op, factor))
+    return True
+
+
+# -- composition ------------------------------------------------------------------------------------------------
+
+Composition = Literal["additive", "output", "input"]
+
+
+@dataclass
+class MergeForm:
+    """How the spec's `merge` composes adapters: `additive`, or scaling of the `output` rows / `input` columns of
+    the canonical weight by `scale` (a 1-D expression: shape (out_features,) or (in_features,))."""
+
+    composition: Composition
+    scale: ast.expr | None = None
+
+
+class CompositionError(ValueError):
+    """`merge`/`unmerge` have a form no forward can match; `field` is the spec field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_SUPPORTED = (
+    "supported: `weight + delta_weight` (additive), `weight * v[:, None]` (scales the output), "
+    "`weight * v[None, :]` (scales the input)"
+)
+
+
+def merge_form(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
+    """Classify `merge` and check that `unmerge` is its inverse (same update, opposite operation)."""
+    additive = _additive(merge, ast.Add)
+    if additive is not None:
+        if not _is_name(additive, "delta_weight"):
+            raise CompositionError("merge", f"an additive merge must add `delta_weight` ({_SUPPORTED})")
+        undo = _additive(unmerge, ast.Sub)
+        if undo is None or not _is_name(undo, "delta_weight"):
+            raise CompositionError("unmerge", "must undo the additive merge: `weight - delta_weight`")
+        return MergeForm("additive")
+    scaled = _scaled(merge, ast.Mult)
+    if scaled is None:
+        raise CompositionError("merge", f"no forward can compose adapters the way it does ({_SUPPORTED})")
+    side, scale = scaled
+    undo_scaled = _scaled(unmerge, ast.Div)
+    if undo_scaled is None or undo_scaled[0] != side or ast.dump(undo_scaled[1]) != ast.dump(scale):
+        shown = ast.unparse(scale)
+        index = "[:, None]" if side == "output" else "[None, :]"
+        raise CompositionError("unmerge", f"must undo the merge: `weight / {shown}{index}`")
+    return MergeForm(side, scale)
+
+
+def _is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _additive(node: ast.expr, op: type[ast.operator]) -> ast.expr | None:
+    """`weight <op> X` (or `X + weight`) -> X."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, op):
+        if _is_name(node.left, "weight"):
+            return node.right
+        if op is ast.Add and _is_name(node.right, "weight"):
+            return node.left
+    return None
+
+
+def _scaled(node: ast.expr, op: type[ast.operator]) -> tuple[Composition, ast.expr] | None:
+    """`weight <op> v[:, None]` -> ("output", v); `weight <op> v[None, :]` -> ("input", v); `*` commutes."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, op)):
+        return None
+    if _is_name(node.left, "weight"):
+        other = node.right
+    elif op is ast.Mult and _is_name(node.right, "weight"):
+        other = node.left
+    else:
+        return None
+    if not isinstance(other, ast.Subscript):
+        return None
+    parts = other.slice.elts if isinstance(other.slice, ast.Tuple) else [other.slice]
+    if len(parts) == 2 and _is_full_slice(parts[0]) and _is_none(parts[1]):
+        return "output", other.value
+    if len(parts) == 2 and _is_none(parts[0]) and _is_full_slice(parts[1]):
+        return "input", other.value
+    return None
+
+
+def reads(node: ast.expr, name: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))
