@@ -127,13 +127,12 @@ def new(
 
         generation = generate_plugin(spec, plugin_dir, force=force, templates=templates)
         root = plugin_dir
-    elif peft_root is not None:
-        generation = pipeline.generate_into_tree(spec, peft_root, force=force, templates=templates)
-        root = peft_root
     else:
-        assert out_dir is not None
-        generation = pipeline.generate_files_only(spec, out_dir, force=force, templates=templates)
-        root = out_dir
+        from scaffold.render.files import Layout
+
+        root, layout = (peft_root, Layout.PEFT_TREE) if peft_root is not None else (out_dir, Layout.STANDALONE)
+        assert root is not None
+        generation = pipeline.generate(spec, root, layout, force=force, templates=templates)
     changeset = generation.changeset
     if as_json:
         emit_json(

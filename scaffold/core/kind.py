@@ -67,8 +67,10 @@ class Kind(ABC):
         """What the sites need, stored in the manifest so that `remove` needs no spec: a frozen dataclass with
         `name` and `to_data()`, read back by `registration_from_data`."""
 
-    @abstractmethod
-    def registration_from_data(self, data: dict[str, Any]) -> Any: ...
+    registration_type: Any  # the registration's class: `from_data(data)` reads it back from a manifest
+
+    def registration_from_data(self, data: dict[str, Any]) -> Any:
+        return self.registration_type.from_data(data)
 
     @abstractmethod
     def manifest_path(self, method_name: str) -> str: ...

@@ -30,6 +30,7 @@ __all__ = ["KIND", "LoraLayerKind", "LoraLayerPlan", "LoraLayerSpec", "build_lay
 class LoraLayerKind(Kind):
     name = "lora_layer"
     spec_model = LoraLayerSpec
+    registration_type = LayerRegistration
     sites = SITES
 
     def plan(self, spec: LoraLayerSpec, source: str, tree: PeftTree | None) -> LoraLayerPlan:
@@ -78,9 +79,6 @@ class LoraLayerKind(Kind):
 
     def registration(self, plan: LoraLayerPlan) -> LayerRegistration:
         return LayerRegistration(name=plan.name, class_name=plan.class_name, base_path=plan.base_path)
-
-    def registration_from_data(self, data: dict[str, Any]) -> LayerRegistration:
-        return LayerRegistration.from_data(data)
 
     def manifest_path(self, method_name: str) -> str:
         return f"src/peft/tuners/lora/.peft-scaffold-{self.name}-{method_name}.json"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 class LoraVariantKind(Kind):
     name = "lora_variant"
     spec_model = LoraVariantSpec
+    registration_type = VariantRegistration
     sites = SITES
 
     def plan(self, spec: LoraVariantSpec, source: str, tree: PeftTree | None) -> VariantPlan:
@@ -65,9 +66,6 @@ class LoraVariantKind(Kind):
         from scaffold.kinds.lora_variant.registration import registration_for
 
         return registration_for(plan)
-
-    def registration_from_data(self, data: dict[str, Any]) -> VariantRegistration:
-        return VariantRegistration.from_data(data)
 
     def manifest_path(self, method_name: str) -> str:
         return f"{LORA_DIR}/.peft-scaffold-{method_name}.json"

@@ -41,6 +41,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import libcst as cst
 
@@ -344,9 +345,34 @@ class _RemoveUnusedImport(t.Edit):
         return self._removal(tree.code).transform_module_impl(tree)
 
 
-class TestConfigSite(TunerSite):
+class _RowsSite(TunerSite):
+    """Rows of a test-matrix list that name the method's config class (element `position` of each row); removing
+    them drops the config's import too when nothing else uses it."""
+
+    list_name: str
+    position: int
+
+    def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
+        return {}
+
+    def remove(self, source: str | None, reg: MethodRegistration) -> str:
+        src = self._require(source, reg.name)
+        rows = partial(t.RemoveRows, name=self.list_name, position=self.position, cls=reg.config_cls)
+        return t.run(
+            src,
+            self.relpath,
+            partial(rows, **self._removal_banner(reg)),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        )
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        return source is not None and t.has_row(source, self.relpath, self.list_name, self.position, method.config_cls)
+
+
+class TestConfigSite(_RowsSite):
     name = "test_config"
     relpath = "tests/test_config.py"
+    list_name, position = "ALL_CONFIG_CLASSES", 0
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree)
@@ -365,20 +391,6 @@ class TestConfigSite(TunerSite):
             partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row], sorted_by_first=True),
         )
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="ALL_CONFIG_CLASSES", position=0, cls=reg.config_cls),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "ALL_CONFIG_CLASSES", 0, method.config_cls)
-
 
 # Methods with a target-module mapping that PEFT deliberately leaves out of the custom-model TEST_CASES.
 NOT_CUSTOM_MODEL_TESTABLE = {
@@ -386,11 +398,12 @@ NOT_CUSTOM_MODEL_TESTABLE = {
 }
 
 
-class TestCustomModelsSite(TunerSite):
+class TestCustomModelsSite(_RowsSite):
     """A bannered block of TEST_CASES rows (desc, model id, Config, kwargs), appended at the end like PEFT does."""
 
     name = "test_custom_models"
     relpath = "tests/test_custom_models.py"
+    list_name, position = "TEST_CASES", 2
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.test_cases else "no test cases given")
@@ -417,27 +430,17 @@ class TestCustomModelsSite(TunerSite):
             partial(t.AddRows, name="TEST_CASES", rows=rows, banner=t.banner(reg.title)),
         )
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="TEST_CASES", position=2, cls=reg.config_cls, banner=t.banner(reg.title)),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "TEST_CASES", 2, method.config_cls)
+    def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
+        return {"banner": t.banner(reg.title)}
 
 
-class TestMultipleAdaptersSite(TunerSite):
+class TestMultipleAdaptersSite(_RowsSite):
     """MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES rows: (desc, method name, Config, kwargs1, kwargs2). Optional in PEFT
     (methods without multi-adapter support, e.g. ln_tuning and osf, have none)."""
 
     name = "test_custom_models_multi"
     relpath = "tests/test_custom_models.py"
+    list_name, position = "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2
     required = False
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
@@ -458,20 +461,6 @@ class TestMultipleAdaptersSite(TunerSite):
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             partial(t.AddRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", rows=rows),
         )
-
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", position=2, cls=reg.config_cls),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2, method.config_cls)
 
 
 # -- 8. docs ---------------------------------------------------------------------------------------------------------
