@@ -103,7 +103,7 @@ class LoraLayerKind(Kind):
             "layer_class": plan.class_name,
             "in_features": str(spec.in_features),
             "out_features": str(spec.out_features),
-            "forward": "spec" if plan.forward_lines else "default (the base layer's forward with the delta weight)",
+            "forward": "spec" if plan.forward else "default (the base layer's forward with the delta weight)",
             "base_layer_check": base.note,
             "files_in_tree": sorted(self.templates(plan, Layout.PEFT_TREE).values()),
             "files_out": sorted(self.templates(plan, Layout.STANDALONE).values()),
