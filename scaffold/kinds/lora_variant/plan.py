@@ -326,16 +326,8 @@ class _Planner:
         return order
 
     def value_closure(self, names: Iterable[str]) -> list[str]:
-        """The values `names` need (directly or through other values), in spec order."""
-        needed: set[str] = set()
-        todo = [n for n in names if n in self.values]
-        while todo:
-            name = todo.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            todo.extend(n for n in self.values[name].expr.names if n in self.values)
-        return [n for n in self.values if n in needed]
+        """The values `names` need (directly or through other values, constants included), in spec order."""
+        return self.needed_values(names, through_constants=True)
 
     def closure_names(self, names: Iterable[str]) -> set[str]:
         """`names` plus every name read by the values they need."""
@@ -348,9 +340,10 @@ class _Planner:
         return bool(self.closure_names(expr.names) & set(self.spec.weights))
 
     # -- code -------------------------------------------------------------------------------------------------
-    def needed_values(self, names: Iterable[str]) -> list[str]:
+    def needed_values(self, names: Iterable[str], through_constants: bool = False) -> list[str]:
         """The values a computation reading `names` binds, in spec order. A constant is obtained whole (from its
-        getter, the forward cache or what merge stored), so the values it reads are not needed here."""
+        getter, the forward cache or what merge stored), so the values it reads are not needed here, unless
+        `through_constants`."""
         needed: set[str] = set()
         todo = [n for n in names if n in self.values]
         while todo:
@@ -358,7 +351,7 @@ class _Planner:
             if name in needed:
                 continue
             needed.add(name)
-            if not self.values[name].constant:
+            if through_constants or not self.values[name].constant:
                 todo.extend(n for n in self.values[name].expr.names if n in self.values)
         return [n for n in self.values if n in needed]
 

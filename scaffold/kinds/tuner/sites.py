@@ -45,7 +45,7 @@ from typing import Any
 
 import libcst as cst
 
-from scaffold.core.sites import Site
+from scaffold.core.sites import EditFactory, EditSite, Site
 from scaffold.errors import ScaffoldError
 from scaffold.kinds.tuner.registration import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register import _cst
@@ -81,28 +81,22 @@ def _no_package(method: DiscoveredMethod) -> str | None:
 # -- 1. PeftType -----------------------------------------------------------------------------------------------------
 
 
-class PeftTypeSite(TunerSite):
+class PeftTypeSite(EditSite, TunerSite):
     name = "peft_types"
     relpath = "src/peft/utils/peft_types.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddEnumMember, class_name="PeftType", member=reg.peft_type),
             # PEFT keeps a "Supported PEFT types" list in the docstring (not every method is in it); extend it.
             partial(t.AddDocstringItem, class_name="PeftType", item=reg.peft_type),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveDocstringItem, class_name="PeftType", item=reg.peft_type),
             partial(t.RemoveEnumMember, class_name="PeftType", member=reg.peft_type),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         return source is not None and method.peft_type in peft_type_members(source)
@@ -124,27 +118,21 @@ def peft_type_members(source: str) -> list[str]:
 # -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
 
 
-class TunersInitSite(TunerSite):
+class TunersInitSite(EditSite, TunerSite):
     name = "tuners_init"
     relpath = "src/peft/tuners/__init__.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddPackageImport, package=reg.name, names=reg.exported),
             partial(t.AddToDunderAll, names=reg.exported),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveFromDunderAll, names=reg.exported),
             partial(t.RemovePackageImport, package=reg.name),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
@@ -160,27 +148,21 @@ class TunersInitSite(TunerSite):
 # -- 3. peft/__init__.py ---------------------------------------------------------------------------------------------
 
 
-class PeftInitSite(TunerSite):
+class PeftInitSite(EditSite, TunerSite):
     name = "peft_init"
     relpath = "src/peft/__init__.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddImportedNames, level=1, module="tuners", names=reg.exported),
             partial(t.AddToDunderAll, names=reg.exported),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveFromDunderAll, names=reg.exported),
             partial(t.RemoveImportedNames, level=1, module="tuners", names=reg.exported),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
@@ -232,12 +214,11 @@ def _last_mapping(body: Sequence[ast.stmt]) -> int | None:
     return last
 
 
-class ConstantsSite(TunerSite):
+class ConstantsSite(EditSite, TunerSite):
     name = "constants"
     relpath = "src/peft/utils/constants.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         const = reg.constant_name
         if reg.target_modules is None:
             # Same targets as LoRA: one line at the end of the "identical to LORA" block, like tinylora.
@@ -264,11 +245,10 @@ class ConstantsSite(TunerSite):
                 anchor_description="`TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` assignments",
                 blank_line_before=True,
             )
-        return t.run(src, self.relpath, edit)
+        return [edit]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(src, self.relpath, partial(t.RemoveAssignment, name=reg.constant_name))
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [partial(t.RemoveAssignment, name=reg.constant_name)]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
@@ -283,7 +263,7 @@ class ConstantsSite(TunerSite):
 # -- 5. re-exports of the mapping ------------------------------------------------------------------------------------
 
 
-class ReexportSite(TunerSite):
+class ReexportSite(EditSite, TunerSite):
     """The mapping re-exported through `from .<module> import (...)` and `__all__` (PEFT does it for all but a few
     methods, e.g. hira and osf, so `doctor` treats it as optional)."""
 
@@ -292,25 +272,19 @@ class ReexportSite(TunerSite):
     def __init__(self, name: str, relpath: str, module: str) -> None:
         self.name, self.relpath, self.module = name, relpath, module
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         names = reg.constant_names
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=1, module=self.module, names=names),
             partial(t.AddToDunderAll, names=names),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
         names = reg.constant_names
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.RemoveFromDunderAll, names=names),
             partial(t.RemoveImportedNames, level=1, module=self.module, names=names),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
@@ -345,7 +319,7 @@ class _RemoveUnusedImport(t.Edit):
         return self._removal(tree.code).transform_module_impl(tree)
 
 
-class _RowsSite(TunerSite):
+class _RowsSite(EditSite, TunerSite):
     """Rows of a test-matrix list that name the method's config class (element `position` of each row); removing
     them drops the config's import too when nothing else uses it."""
 
@@ -355,15 +329,12 @@ class _RowsSite(TunerSite):
     def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
         return {}
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
         rows = partial(t.RemoveRows, name=self.list_name, position=self.position, cls=reg.config_cls)
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(rows, **self._removal_banner(reg)),
             partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         return source is not None and t.has_row(source, self.relpath, self.list_name, self.position, method.config_cls)
@@ -380,16 +351,13 @@ class TestConfigSite(_RowsSite):
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _tests_skip(tree) or _no_package(method)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         row = t.literal_row((_cst.Code(reg.config_cls), dict(reg.config_mandatory_kwargs)))
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             # PEFT's ALL_CONFIG_CLASSES is not sorted (then the row is appended), but keep it sorted if it ever is
             partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row], sorted_by_first=True),
-        )
+        ]
 
 
 # Methods with a target-module mapping that PEFT deliberately leaves out of the custom-model TEST_CASES.
@@ -417,18 +385,15 @@ class TestCustomModelsSite(_RowsSite):
             return "not a target_modules tuner; not in the custom-model matrix"
         return NOT_CUSTOM_MODEL_TESTABLE.get(method.name)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         rows = [
             t.literal_row((desc, model_id, _cst.Code(reg.config_cls), kwargs))
             for desc, model_id, kwargs in reg.test_cases
         ]
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             partial(t.AddRows, name="TEST_CASES", rows=rows, banner=t.banner(reg.title)),
-        )
+        ]
 
     def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
         return {"banner": t.banner(reg.title)}
@@ -449,18 +414,15 @@ class TestMultipleAdaptersSite(_RowsSite):
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return TestCustomModelsSite().doctor_skip_reason(tree, method)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         rows = [
             t.literal_row((desc, reg.name, _cst.Code(reg.config_cls), k1, k2))
             for desc, k1, k2 in reg.multiple_active_adapters_cases
         ]
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             partial(t.AddRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", rows=rows),
-        )
+        ]
 
 
 # -- 8. docs ---------------------------------------------------------------------------------------------------------
