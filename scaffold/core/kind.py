@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -29,9 +30,10 @@ class Kind(ABC):
     # -- what it generates ----------------------------------------------------------------------------------------
 
     @abstractmethod
-    def plan(self, spec: Any, source: str, tree: PeftTree | None) -> Any:
+    def plan(self, spec: Any, source: str, tree: PeftTree | None, templates: Path | None = None) -> Any:
         """Validate `spec` across fields and decide everything the templates print (raise `ScaffoldError` naming
-        the field otherwise). `tree`: the PEFT tree generated into, None for `--out`. The plan has `name` and
+        the field otherwise). `tree`: the PEFT tree generated into, None for `--out`. `templates`: the
+        `--templates` directory, for a planner that renders template macros itself. The plan has `name` and
         `title`."""
 
     @abstractmethod

@@ -10,6 +10,7 @@ runs torch, in a subprocess (`base_type.py`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from scaffold.changeset import ChangeSet
@@ -33,7 +34,9 @@ class LoraLayerKind(Kind):
     registration_type = LayerRegistration
     sites = SITES
 
-    def plan(self, spec: LoraLayerSpec, source: str, tree: PeftTree | None) -> LoraLayerPlan:
+    def plan(
+        self, spec: LoraLayerSpec, source: str, tree: PeftTree | None, templates: Path | None = None
+    ) -> LoraLayerPlan:
         plan = build_layer_plan(spec, source=source)
         if tree is not None and not plan.in_torch:
             raise ScaffoldError(

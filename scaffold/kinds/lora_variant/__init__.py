@@ -7,6 +7,7 @@ mappings and test matrix, each with its inverse), `registration` (what the sites
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaffold.changeset import ChangeSet
@@ -28,12 +29,14 @@ class LoraVariantKind(Kind):
     registration_type = VariantRegistration
     sites = SITES
 
-    def plan(self, spec: LoraVariantSpec, source: str, tree: PeftTree | None) -> VariantPlan:
+    def plan(
+        self, spec: LoraVariantSpec, source: str, tree: PeftTree | None, templates: Path | None = None
+    ) -> VariantPlan:
         # the planner and the registration are imported when a variant is planned, not when any spec is loaded
         from scaffold.kinds.lora_variant.plan import build_plan
         from scaffold.kinds.lora_variant.registration import replays_merged
 
-        return build_plan(spec, source=source, replays_merged=replays_merged(tree))
+        return build_plan(spec, source=source, replays_merged=replays_merged(tree), templates=templates)
 
     def templates(self, plan: VariantPlan, layout: Layout) -> dict[str, str]:
         return {"lora_variant/variant.py.j2": module_path(plan.name, standalone=layout is Layout.STANDALONE)}

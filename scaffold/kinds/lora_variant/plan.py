@@ -23,6 +23,7 @@ import copy
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scaffold.errors import ScaffoldError
@@ -38,11 +39,13 @@ class LayerView:
     """The macros of one LoRA layer class (`weight()`, `from_layout(w)`, `lora_A_call(a, x)`, `layer_op(x, w)`, ...),
     called with code; `a` is the adapter-name variable."""
 
-    def __init__(self, layer: str) -> None:
+    def __init__(self, layer: str, templates: Path | None = None) -> None:
         from scaffold.render.templates import environment
 
         conv = layer.startswith("Conv")
-        template = environment().get_template(f"lora_variant/layers/{'conv' if conv else layer.lower()}.j2")
+        template = environment(str(templates) if templates else None).get_template(
+            f"lora_variant/layers/{'conv' if conv else layer.lower()}.j2"
+        )
         self.layer = layer
         self._macros = template.make_module({"n": int(layer[4]) if conv else 0})
         self.has_dropout = bool(getattr(self._macros, "has_dropout"))
@@ -187,15 +190,19 @@ class VariantPlan:
         return {c.layer: c.class_name for c in self.classes}
 
 
-def build_plan(spec: LoraVariantSpec, source: str = "spec", *, replays_merged: bool = True) -> VariantPlan:
-    return _Planner(spec, source, replays_merged).build()
+def build_plan(
+    spec: LoraVariantSpec, source: str = "spec", *, replays_merged: bool = True, templates: Path | None = None
+) -> VariantPlan:
+    """`templates`: the `--templates` directory, whose `lora_variant/layers/*.j2` shadow the built-in macros."""
+    return _Planner(spec, source, replays_merged, templates).build()
 
 
 class _Planner:
-    def __init__(self, spec: LoraVariantSpec, source: str, replays_merged: bool) -> None:
+    def __init__(self, spec: LoraVariantSpec, source: str, replays_merged: bool, templates: Path | None) -> None:
         self.spec = spec
         self.source = source
         self.replays_merged = replays_merged
+        self.templates = templates
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -413,7 +420,7 @@ class _Planner:
         return f"{view.code('weight')}.to({view.code('lora_A_param', a)}.dtype)"
 
     def variant_class(self, layer: str) -> VariantClassPlan:
-        view = LayerView(layer)
+        view = LayerView(layer, self.templates)
         class_name = f"{self.spec.class_name}{layer}Variant"
         getters = [self.getter(view, class_name, value) for value in self.values.values() if value.constant]
         merge = unmerge = None

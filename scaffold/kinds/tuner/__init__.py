@@ -12,6 +12,7 @@ The planner still lives in scaffold/plan (it is the oldest kind); moving it unde
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from scaffold.core.kind import Kind
@@ -30,7 +31,7 @@ class TunerKind(Kind):
     registration_type = MethodRegistration
     sites = SITES
 
-    def plan(self, spec: MethodSpec, source: str, tree: Any) -> MethodPlan:
+    def plan(self, spec: MethodSpec, source: str, tree: Any, templates: Path | None = None) -> MethodPlan:
         return build_plan(spec, source=source)
 
     def templates(self, plan: MethodPlan, layout: Layout) -> dict[str, str]:
