@@ -130,9 +130,10 @@ def new(
     else:
         from scaffold.render.files import Layout
 
-        root, layout = (peft_root, Layout.PEFT_TREE) if peft_root is not None else (out_dir, Layout.STANDALONE)
-        assert root is not None
-        generation = pipeline.generate(spec, root, layout, force=force, templates=templates)
+        target, layout = (peft_root, Layout.PEFT_TREE) if peft_root is not None else (out_dir, Layout.STANDALONE)
+        assert target is not None
+        generation = pipeline.generate(spec, target, layout, force=force, templates=templates)
+        root = target
     changeset = generation.changeset
     if as_json:
         emit_json(
