@@ -70,6 +70,15 @@ class TunerSite(Site):
         return self.is_registered(path.read_text(encoding="utf-8") if path.is_file() else None, method)
 
 
+def _imported_and_exported(source: str | None, relpath: str, module: str, names: Sequence[str]) -> bool:
+    """Whether `from .<module> import ...` and `__all__` both list every one of `names`."""
+    if source is None:
+        return False
+    tree = _cst.parse(source, relpath)
+    imported = t.imported_names(tree, 1, module)
+    return all(name in imported and name in t.dunder_all_names(tree) for name in names)
+
+
 def _tests_skip(tree: PeftTree) -> str | None:
     return None if tree.has_tests else "tree has no tests/"
 
@@ -135,11 +144,7 @@ class TunersInitSite(EditSite, TunerSite):
         ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, method.name)
-        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+        return _imported_and_exported(source, self.relpath, method.name, method.exported)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _no_package(method)
@@ -165,11 +170,7 @@ class PeftInitSite(EditSite, TunerSite):
         ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, "tuners")
-        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+        return _imported_and_exported(source, self.relpath, "tuners", method.exported)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _no_package(method)
@@ -287,11 +288,7 @@ class ReexportSite(EditSite, TunerSite):
         ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, self.module)
-        return all(c in imported and c in t.dunder_all_names(tree) for c in method.constant_names)
+        return _imported_and_exported(source, self.relpath, self.module, method.constant_names)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return None if method.constant_names else "uses no target-module mapping"
