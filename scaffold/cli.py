@@ -158,13 +158,13 @@ def new(
 
         generation = generate_plugin(spec, plugin_dir, force=force, templates=templates)
         root = plugin_dir
-    elif peft_root is not None:
-        generation = pipeline.generate_into_tree(spec, peft_root, force=force, templates=templates)
-        root = peft_root
     else:
-        assert out_dir is not None
-        generation = pipeline.generate_files_only(spec, out_dir, force=force, templates=templates)
-        root = out_dir
+        from scaffold.render.files import Layout
+
+        target, layout = (peft_root, Layout.PEFT_TREE) if peft_root is not None else (out_dir, Layout.STANDALONE)
+        assert target is not None
+        generation = pipeline.generate(spec, target, layout, force=force, templates=templates)
+        root = target
     changeset = generation.changeset
     if as_json:
         emit_json(

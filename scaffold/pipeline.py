@@ -19,7 +19,7 @@ from scaffold.render.files import Layout
 from scaffold.spec import load_spec
 
 
-__all__ = ["Generation", "check", "generate_files_only", "generate_into_tree", "load", "remove_from_tree"]
+__all__ = ["Generation", "check", "generate", "generate_files_only", "generate_into_tree", "load", "remove_from_tree"]
 
 
 def load(spec_path: Path) -> tuple[Kind, Any]:
@@ -28,24 +28,21 @@ def load(spec_path: Path) -> tuple[Kind, Any]:
     return kind_of(spec.kind, str(spec_path)), spec
 
 
-def generate_files_only(
-    spec_path: Path, out_dir: Path, *, force: bool = False, templates: Path | None = None
+def generate(
+    spec_path: Path, root: Path, layout: Layout, *, force: bool = False, templates: Path | None = None
 ) -> Generation:
-    """`new SPEC --out DIR`: write the method's files into DIR (standalone layout), nothing else."""
+    """`new SPEC --peft-root DIR` (`Layout.PEFT_TREE`: the files plus their registration in the PEFT tree) or
+    `new SPEC --out DIR` (`Layout.STANDALONE`: the files only)."""
     kind, spec = load(spec_path)
-    return core.generate(
-        kind, spec, Path(spec_path), Path(out_dir), Layout.STANDALONE, force=force, templates=templates
-    )
+    return core.generate(kind, spec, Path(spec_path), Path(root), layout, force=force, templates=templates)
 
 
-def generate_into_tree(
-    spec_path: Path, peft_root: Path, *, force: bool = False, templates: Path | None = None
-) -> Generation:
-    """`new SPEC --peft-root DIR`: the method's files plus its registration in the PEFT tree."""
-    kind, spec = load(spec_path)
-    return core.generate(
-        kind, spec, Path(spec_path), Path(peft_root), Layout.PEFT_TREE, force=force, templates=templates
-    )
+def generate_files_only(spec_path: Path, out_dir: Path, *, force: bool = False) -> Generation:
+    return generate(spec_path, out_dir, Layout.STANDALONE, force=force)
+
+
+def generate_into_tree(spec_path: Path, peft_root: Path, *, force: bool = False) -> Generation:
+    return generate(spec_path, peft_root, Layout.PEFT_TREE, force=force)
 
 
 def remove_from_tree(name: str, peft_root: Path, *, force: bool = False) -> tuple[ChangeSet, list[str]]:

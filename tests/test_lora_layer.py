@@ -80,24 +80,19 @@ def test_plan_renders_the_spec_expressions():
     from scaffold.spec import load_spec
 
     plan = build_layer_plan(load_spec(CONVT_SPEC))
-    assert plan.features_lines == [
-        "kh = base_layer.kernel_size[0]",
-        "kw = base_layer.kernel_size[1]",
-        "return base_layer.in_channels * kh * kw, base_layer.out_channels",
-    ]
-    assert plan.delta_lines[-1] == (
-        "output_tensor = (weight_B @ weight_A).reshape(base_layer.out_channels, base_layer.in_channels, kh, kw)"
+    assert plan.features_prelude == [("kh", "base_layer.kernel_size[0]"), ("kw", "base_layer.kernel_size[1]")]
+    assert plan.features == ("base_layer.in_channels * kh * kw", "base_layer.out_channels")
+    assert plan.delta == (
+        "(weight_B @ weight_A).reshape(base_layer.out_channels, base_layer.in_channels, kh, kw)"
         ".transpose(0, 1) * self.scaling[adapter]"
     )
-    assert plan.check_lines[-2:] == [
-        "if not (base_layer.groups == 1):",
-        '    raise ValueError(f"LoRA for ConvTranspose2d supports groups=1 only (got groups={base_layer.groups}).")',
-    ]
+    assert plan.checks[-1].condition == "base_layer.groups == 1"
     assert (
-        plan.forward_lines is not None and "x = self._cast_input_dtype(x, lora_A.weight.dtype)" in plan.forward_lines
+        plan.checks[-1].message == "LoRA for ConvTranspose2d supports groups=1 only (got groups={base_layer.groups})."
     )
+    assert plan.forward is not None and plan.forward.cast_input and plan.forward.dropout
     bag = build_layer_plan(load_spec(BAG_SPEC))
-    assert bag.forward_lines is None and bag.indices_input  # the default forward, no cast of the indices
+    assert bag.forward is None and bag.indices_input  # the default forward, no cast of the indices
     assert bag.example_input == "torch.randint(0, 20, (3, 4))"
 
 

@@ -174,19 +174,23 @@ def test_second_variant_code_is_not_dora_code(tmp_path: Path) -> None:
     assert not plan.uses_constant_cache  # no constant values: no cache helpers
     assert [w.attr for w in plan.weights] == ["lora_rowscale_gate"]
     (linear, embedding) = plan.classes
-    assert linear.getters == [] and "_constant(" not in "\n".join(linear.forward)
-    # Embedding has no dropout and no bias: the base output is `result`
-    assert "base = result" in embedding.forward
+    assert linear.getters == [] and not any(b.cache_key for b in linear.forward.bindings)
+    # Embedding has no dropout and no bias: the base output is `result`; Linear reuses or computes it
+    assert embedding.forward.base == "result" and linear.forward.base == "dropout"
+    assert linear.forward.base_dropped.startswith("F.linear(dropped, transpose(dequantize_module_weight(base_layer)")
     diag = build_plan(_spec(DIAG))
     assert diag.weights[1].names_tuple == "other_param_names"  # frozen: never set trainable by set_adapter
-    assert any("requires_grad=False" in line for line in diag.classes[0].init)
+    assert not diag.weights[1].trainable
     assert build_plan(_spec(DIAG_NO_MERGE)).classes[0].merge is None
-    assert any("module.r[adapter_name]" in line for line in diag.classes[0].init)
+    assert diag.weights[0].shape == ["module.r[adapter_name]"]  # a shape over `r`, read when the weight is made
+    # the conv class refuses groups > 1 and reads the base layer to do so; Linear does not
+    assert diag.classes[1].init.refuses_groups and diag.classes[1].init.base_layer
+    assert not diag.classes[0].init.refuses_groups
 
 
 def test_forward_without_result_is_added_to_it() -> None:
     plan = build_plan(_spec(DIAG))
-    assert plan.classes[0].forward[-1].startswith("return result + F.linear(")
+    assert plan.classes[0].forward.result.startswith("result + F.linear(")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -259,6 +259,33 @@ def test_every_kind_reads_its_manifest_and_names_it_when_unreadable(tmp_path: Pa
     assert "\n" not in message
 
 
+def test_a_lora_layer_manifest_of_the_earlier_format_reads(tmp_path: Path):
+    """Before the kinds shared one manifest format, lora_layer manifests kept their registration at the top level."""
+    from scaffold.kinds import get_kind
+    from scaffold.kinds.lora_layer.register import LayerRegistration
+
+    kind = get_kind("lora_layer")
+    rel = kind.manifest_path("convtranspose2d")
+    legacy = {
+        "format": 1,
+        "tool": "peft-scaffold",
+        "tool_version": "0.1.0",
+        "kind": "lora_layer",
+        "name": "convtranspose2d",
+        "class_name": "ConvTranspose2d",
+        "base_layer": "torch.nn.ConvTranspose2d",
+        "spec_hash": "1" * 64,
+        "edits": ["src/peft/tuners/lora/layer.py: dispatch_default branch"],
+        "files": {"src/peft/tuners/lora/convtranspose2d.py": "0" * 64},
+    }
+    (tmp_path / rel).parent.mkdir(parents=True)
+    (tmp_path / rel).write_text(json.dumps(legacy))
+    manifest = core_read_manifest(tmp_path, kind, "convtranspose2d")
+    assert manifest is not None
+    assert manifest.registration == LayerRegistration("convtranspose2d", "ConvTranspose2d", "torch.nn.ConvTranspose2d")
+    assert manifest.files == legacy["files"]
+
+
 def test_a_manifest_without_kind_is_a_tuners(peft_tree: Path):
     """Manifests written before the kinds shared one format have no `kind`: they are read as tuner manifests."""
     register_fake(peft_tree).apply()

@@ -93,3 +93,25 @@ def test_a_broken_override_is_one_line_naming_the_template(tmp_path: Path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "_header.j2:1: template syntax error" in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_a_layer_macro_override_changes_how_the_variant_spells_it(tmp_path: Path):
+    """`kind: lora_variant` writes per-layer-type code with the macros of templates/lora_variant/layers/: an override
+    of Linear's `layer_op` changes the Linear variant, and only it."""
+    overrides = tmp_path / "house"
+    (overrides / "lora_variant" / "layers").mkdir(parents=True)
+    builtin = (template_dir() / "lora_variant" / "layers" / "linear.j2").read_text()
+    macro = "{% macro layer_op(x, w) %}F.linear({{ x }}, {{ w }}){% endmacro %}"
+    assert macro in builtin
+    custom = builtin.replace(macro, "{% macro layer_op(x, w) %}torch.matmul({{ x }}, {{ w }}.T){% endmacro %}")
+    (overrides / "lora_variant" / "layers" / "linear.j2").write_text(custom)
+
+    plain = _new(DORA, tmp_path / "plain")
+    files = _new(DORA, tmp_path / "house", "--templates", str(overrides))
+    (rel,) = files
+    linear = files[rel].split("class RefDoraLinearVariant", 1)[1].split("\nclass ", 1)[0]
+    others = files[rel].split("\nclass RefDoraEmbeddingVariant", 1)[1]
+    assert "torch.matmul(" in linear and "F.linear(" not in linear
+    assert "F.linear(" in plain[rel].split("class RefDoraLinearVariant", 1)[1].split("\nclass ", 1)[0]
+    assert others == plain[rel].split("\nclass RefDoraEmbeddingVariant", 1)[1]
+    ast.parse(files[rel])

@@ -64,7 +64,7 @@ def generate(
         if root.exists() and not root.is_dir():
             raise ScaffoldError(str(root), "exists and is not a directory")
     changeset = ChangeSet(root)
-    plan = kind.plan(spec, str(spec_path), tree)
+    plan = kind.plan(spec, str(spec_path), tree, templates)
     paths = kind.templates(plan, layout)
     context = {**kind.context(plan, layout), "p": plan, "spec_file": Path(spec_path).name, "layout": layout.value}
     files = render_files(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -29,9 +30,10 @@ class Kind(ABC):
     # -- what it generates ----------------------------------------------------------------------------------------
 
     @abstractmethod
-    def plan(self, spec: Any, source: str, tree: PeftTree | None) -> Any:
+    def plan(self, spec: Any, source: str, tree: PeftTree | None, templates: Path | None = None) -> Any:
         """Validate `spec` across fields and decide everything the templates print (raise `ScaffoldError` naming
-        the field otherwise). `tree`: the PEFT tree generated into, None for `--out`. The plan has `name` and
+        the field otherwise). `tree`: the PEFT tree generated into, None for `--out`. `templates`: the
+        `--templates` directory, for a planner that renders template macros itself. The plan has `name` and
         `title`."""
 
     @abstractmethod
@@ -67,8 +69,10 @@ class Kind(ABC):
         """What the sites need, stored in the manifest so that `remove` needs no spec: a frozen dataclass with
         `name` and `to_data()`, read back by `registration_from_data`."""
 
-    @abstractmethod
-    def registration_from_data(self, data: dict[str, Any]) -> Any: ...
+    registration_type: Any  # the registration's class: `from_data(data)` reads it back from a manifest
+
+    def registration_from_data(self, data: dict[str, Any]) -> Any:
+        return self.registration_type.from_data(data)
 
     @abstractmethod
     def manifest_path(self, method_name: str) -> str: ...

@@ -16,7 +16,8 @@ modules for the LoRA kinds). It holds:
 `files` lists every file the generator created, and the files a site created (a docs page), not the registry
 edits: those are undone by the sites' inverses. A file whose hash no longer matches was edited since generation;
 `remove` and a re-generation refuse it unless forced (`check_unedited`). A manifest without `kind` (written before
-kinds shared this format) is a tuner's.
+kinds shared this format) is a tuner's; one without `registration` keeps it at the top level (`kind: lora_layer`
+then).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def read_manifest(root: Path | ChangeSet, kind: ManifestKind, name: str) -> Mani
             raise ValueError(f"unknown manifest format {data.get('format')!r}")
         if data.get("kind", "tuner") != kind.name:
             raise ValueError(f"not a {kind.name} manifest (kind {data.get('kind')!r})")
-        registration = kind.registration_from_data(data["registration"])
+        # lora_layer manifests written before the kinds shared this format kept the registration at the top level
+        registration = kind.registration_from_data(data.get("registration", data))
         files = data["files"]
         if not isinstance(files, dict):
             raise TypeError(f"`files` must be an object, got {type(files).__name__}")

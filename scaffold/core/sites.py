@@ -10,12 +10,13 @@ lists its sites in order (`Kind.sites`); each site turns a file's text into the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from scaffold.changeset import ChangeSet
 from scaffold.errors import ScaffoldError
+from scaffold.register.transforms import Edit, EditContext, run
 from scaffold.register.tree import PeftTree
 
 
@@ -52,6 +53,27 @@ class Site(ABC):
 
     def __repr__(self) -> str:
         return f"<site {self.name}: {self.relpath}>"
+
+
+EditFactory = Callable[[EditContext], Edit]
+
+
+class EditSite(Site):
+    """A site in a Python module, edited by libcst transforms (`scaffold.register.transforms`), run in order."""
+
+    @abstractmethod
+    def edits(self, reg: Any) -> list[EditFactory]:
+        """What `apply` runs."""
+
+    @abstractmethod
+    def inverse_edits(self, reg: Any) -> list[EditFactory]:
+        """What `remove` runs: the inverse edits, in reverse order."""
+
+    def apply(self, source: str | None, reg: Any) -> str:
+        return run(self._require(source, reg.name), self.path(reg.name), *self.edits(reg))
+
+    def remove(self, source: str | None, reg: Any) -> str:
+        return run(self._require(source, reg.name), self.path(reg.name), *self.inverse_edits(reg))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ runs torch, in a subprocess (`base_type.py`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from scaffold.changeset import ChangeSet
@@ -30,9 +31,12 @@ __all__ = ["KIND", "LoraLayerKind", "LoraLayerPlan", "LoraLayerSpec", "build_lay
 class LoraLayerKind(Kind):
     name = "lora_layer"
     spec_model = LoraLayerSpec
+    registration_type = LayerRegistration
     sites = SITES
 
-    def plan(self, spec: LoraLayerSpec, source: str, tree: PeftTree | None) -> LoraLayerPlan:
+    def plan(
+        self, spec: LoraLayerSpec, source: str, tree: PeftTree | None, templates: Path | None = None
+    ) -> LoraLayerPlan:
         plan = build_layer_plan(spec, source=source)
         if tree is not None and not plan.in_torch:
             raise ScaffoldError(
@@ -79,9 +83,6 @@ class LoraLayerKind(Kind):
     def registration(self, plan: LoraLayerPlan) -> LayerRegistration:
         return LayerRegistration(name=plan.name, class_name=plan.class_name, base_path=plan.base_path)
 
-    def registration_from_data(self, data: dict[str, Any]) -> LayerRegistration:
-        return LayerRegistration.from_data(data)
-
     def manifest_path(self, method_name: str) -> str:
         return f"src/peft/tuners/lora/.peft-scaffold-{self.name}-{method_name}.json"
 
@@ -105,7 +106,7 @@ class LoraLayerKind(Kind):
             "layer_class": plan.class_name,
             "in_features": str(spec.in_features),
             "out_features": str(spec.out_features),
-            "forward": "spec" if plan.forward_lines else "default (the base layer's forward with the delta weight)",
+            "forward": "spec" if plan.forward else "default (the base layer's forward with the delta weight)",
             "base_layer_check": base.note,
             "files_in_tree": sorted(self.templates(plan, Layout.PEFT_TREE).values()),
             "files_out": sorted(self.templates(plan, Layout.STANDALONE).values()),

@@ -24,6 +24,23 @@ FEATURES = ("in_features", "out_features")
 
 
 @dataclass
+class Check:
+    condition: str  # code: what must hold
+    message: str  # the f-string's text (it may show the values read, as `{...}`)
+
+
+@dataclass
+class ForwardPlan:
+    """The spec's `forward`: the body of `_lora_output`."""
+
+    dropout: bool  # bind `dropout` (the expression applies it)
+    scaling: bool  # bind `scaling`
+    cast_input: bool  # cast `x` to the adapter's dtype (float inputs; not integer indices)
+    prelude: list[tuple[str, str]]  # (local, code): `base_layer` and the dims, in order
+    result: str
+
+
+@dataclass
 class LoraLayerPlan:
     spec: LoraLayerSpec
     name: str  # the module name in a PEFT tree (tuners/lora/<name>.py)
@@ -32,10 +49,14 @@ class LoraLayerPlan:
     base_path: str  # dotted path of the base class
     base_import: str | None  # `import <module>` the tests need for a base class outside torch
     indices_input: bool
-    features_lines: list[str]  # body of `_get_in_out_features(base_layer)`
-    check_lines: list[str]  # in `__init__`, after LoraLayer.__init__
-    delta_lines: list[str]  # get_delta_weight: computes `output_tensor` from weight_A / weight_B
-    forward_lines: list[str] | None  # body of `_lora_output` (None: the default, the base op with the delta)
+    # `_get_in_out_features(base_layer)`: the dims it needs, then (in_features, out_features)
+    features_prelude: list[tuple[str, str]]
+    features: tuple[str, str]
+    check_prelude: list[tuple[str, str]]  # in `__init__`, after LoraLayer.__init__, then the checks
+    checks: list[Check]
+    delta_prelude: list[tuple[str, str]]  # get_delta_weight: then `output_tensor = <delta>` from weight_A / weight_B
+    delta: str
+    forward: ForwardPlan | None  # None: the default, the base layer's op with the delta weight
     uses_functional: bool
     example_layer: str  # source of the example base layer
     example_input: str  # source of the example input
@@ -97,16 +118,15 @@ class _Planner:
                 todo.extend(n for n in self.dims[name].names if n in self.dims)
         return [n for n in self.dims if n in needed]
 
-    def prelude(self, exprs: list[Expression], base: str | None = "self._base()") -> list[str]:
-        """`base_layer = ...` (when an attribute is read) and the dims the expressions need, as local lines."""
+    def prelude(self, exprs: list[Expression], base: str | None = "self._base()") -> list[tuple[str, str]]:
+        """`base_layer` (when an attribute is read) and the dims the expressions need, as (local, code)."""
         dims = self.needed_dims(exprs)
         reads = {n for e in exprs for n in e.names} | {n for d in dims for n in self.dims[d].names}
-        lines = []
+        binds = []
         if base is not None and reads & self.attributes:
-            lines.append(f"base_layer = {base}")
-        for name in dims:
-            lines.append(f"{name} = {render(self.dims[name], self.attribute_code())}")
-        return lines
+            binds.append(("base_layer", base))
+        binds += [(name, render(self.dims[name], self.attribute_code())) for name in dims]
+        return binds
 
     def attribute_code(self) -> dict[str, str]:
         return {a: f"base_layer.{a}" for a in self.attributes}
@@ -117,13 +137,10 @@ class _Planner:
         for name, text in spec.dims.items():
             self.dims[name] = self.parse(f"dims.{name}", text, self.base_names())
         features = {f: self.parse(f, getattr(spec, f), self.base_names()) for f in FEATURES}
-        features_lines = self.prelude(list(features.values()), base=None)
-        rendered = [render(features[f], self.attribute_code()) for f in FEATURES]
-        features_lines.append(f"return {rendered[0]}, {rendered[1]}")
-
-        check_lines = self.check_lines()
-        delta_lines = self.delta_lines()
-        forward_lines = self.forward_lines()
+        in_code, out_code = (render(features[f], self.attribute_code()) for f in FEATURES)
+        check_prelude, checks = self.checks()
+        delta_prelude, delta = self.delta()
+        forward = self.forward()
         base_module = spec.base_layer.rpartition(".")[0]
         return LoraLayerPlan(
             spec=spec,
@@ -133,34 +150,36 @@ class _Planner:
             base_path=spec.base_layer,
             base_import=None if spec.base_layer.startswith("torch.") else base_module,
             indices_input=spec.input == "indices",
-            features_lines=features_lines,
-            check_lines=check_lines,
-            delta_lines=delta_lines,
-            forward_lines=forward_lines,
+            features_prelude=self.prelude(list(features.values()), base=None),
+            features=(in_code, out_code),
+            check_prelude=check_prelude,
+            checks=checks,
+            delta_prelude=delta_prelude,
+            delta=delta,
+            forward=forward,
             uses_functional=self.uses_functional,
             example_layer=self.example_layer(),
             example_input=self.example_input(),
         )
 
-    def check_lines(self) -> list[str]:
+    def checks(self) -> tuple[list[tuple[str, str]], list[Check]]:
         names = self.base_names() | set(FEATURES)
         exprs = [self.parse(f"checks[{i}].condition", c.condition, names) for i, c in enumerate(self.spec.checks)]
         if not exprs:
-            return []
-        lines = self.prelude(exprs)
+            return [], []
         mapping = {**self.attribute_code(), "in_features": "self.in_features", "out_features": "self.out_features"}
+        checks = []
         for check, expr in zip(self.spec.checks, exprs):
             shown = [n for n in _names_in_order(expr.tree) if n in names]
             got = ", ".join(f"{n}={{{render(_name(n), mapping)}}}" for n in shown)
             message = check.message.rstrip(".") + (f" (got {got})" if got else "") + "."
-            lines.append(f"if not ({render(expr, mapping)}):")
-            lines.append(f'    raise ValueError(f"{message}")')
-        return lines
+            checks.append(Check(render(expr, mapping), message))
+        return self.prelude(exprs), checks
 
     def adapter_names(self) -> set[str]:
         return self.base_names() | set(FEATURES) | {"A", "B", "scaling", "r"}
 
-    def delta_lines(self) -> list[str]:
+    def delta(self) -> tuple[list[tuple[str, str]], str]:
         expr = self.parse("delta_weight", self.spec.delta_weight, self.adapter_names())
         missing = [n for n in ("A", "B") if n not in expr.names]
         if missing:
@@ -174,9 +193,9 @@ class _Planner:
             "in_features": "self.in_features",
             "out_features": "self.out_features",
         }
-        return [*self.prelude([expr]), f"output_tensor = {render(expr, mapping)}"]
+        return self.prelude([expr]), render(expr, mapping)
 
-    def forward_lines(self) -> list[str] | None:
+    def forward(self) -> ForwardPlan | None:
         text = self.spec.forward
         if text is None:
             return None
@@ -192,13 +211,6 @@ class _Planner:
             raise self.fail("forward", "must use the input `x`")
         if not indices and not expr.uses("dropout"):
             raise self.fail("forward", "must apply `dropout(...)` to the input, or LoRA's lora_dropout is ignored")
-        lines = ["lora_A = self.lora_A[active_adapter]", "lora_B = self.lora_B[active_adapter]"]
-        if expr.uses("dropout"):
-            lines.append("dropout = self.lora_dropout[active_adapter]")
-        if "scaling" in expr.names:
-            lines.append("scaling = self.scaling[active_adapter]")
-        if not indices:
-            lines.append("x = self._cast_input_dtype(x, lora_A.weight.dtype)")
         mapping = {
             **self.attribute_code(),
             "A": "lora_A.weight",
@@ -207,9 +219,13 @@ class _Planner:
             "in_features": "self.in_features",
             "out_features": "self.out_features",
         }
-        lines.extend(self.prelude([expr]))
-        lines.append(f"return {render(expr, mapping)}")
-        return lines
+        return ForwardPlan(
+            dropout=expr.uses("dropout"),
+            scaling="scaling" in expr.names,
+            cast_input=not indices,
+            prelude=self.prelude([expr]),
+            result=render(expr, mapping),
+        )
 
     # -- the example the generated tests build --------------------------------------------------------------------
     def example_layer(self) -> str:

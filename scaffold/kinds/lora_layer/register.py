@@ -29,7 +29,7 @@ from typing import Any
 import libcst as cst
 
 from scaffold.core.manifest import Manifest
-from scaffold.core.sites import Site
+from scaffold.core.sites import EditFactory, EditSite, Site
 from scaffold.errors import ScaffoldError
 from scaffold.register import _cst
 from scaffold.register.transforms import (
@@ -40,7 +40,6 @@ from scaffold.register.transforms import (
     RemoveFromDunderAll,
     RemovePackageImport,
     dunder_all_names,
-    run,
 )
 
 
@@ -229,40 +228,36 @@ def dispatched_types(source: str) -> list[str]:
 # -- the sites -------------------------------------------------------------------------------------------------
 
 
-class DispatchSite(Site):
+class DispatchSite(EditSite):
     """The branch of `dispatch_default` in layer.py."""
 
     name = "dispatch_default"
     relpath = LAYER_PY
 
-    def apply(self, source: str | None, reg: LayerRegistration) -> str:
-        return run(self._require(source, reg.name), LAYER_PY, lambda ctx: AddDispatchBranch(ctx, reg))
+    def edits(self, reg: LayerRegistration) -> list[EditFactory]:
+        return [lambda ctx: AddDispatchBranch(ctx, reg)]
 
-    def remove(self, source: str | None, reg: LayerRegistration) -> str:
-        return run(self._require(source, reg.name), LAYER_PY, lambda ctx: RemoveDispatchBranch(ctx, reg))
+    def inverse_edits(self, reg: LayerRegistration) -> list[EditFactory]:
+        return [lambda ctx: RemoveDispatchBranch(ctx, reg)]
 
 
-class ExportSite(Site):
+class ExportSite(EditSite):
     """`from .<name> import <Class>` and the `__all__` entry in LoRA's __init__.py."""
 
     name = "lora exports"
     relpath = LORA_INIT
 
-    def apply(self, source: str | None, reg: LayerRegistration) -> str:
-        return run(
-            self._require(source, reg.name),
-            LORA_INIT,
+    def edits(self, reg: LayerRegistration) -> list[EditFactory]:
+        return [
             lambda ctx: AddPackageImport(ctx, reg.name, [reg.class_name]),
             lambda ctx: AddToDunderAll(ctx, [reg.class_name]),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: LayerRegistration) -> str:
-        return run(
-            self._require(source, reg.name),
-            LORA_INIT,
+    def inverse_edits(self, reg: LayerRegistration) -> list[EditFactory]:
+        return [
             lambda ctx: RemoveFromDunderAll(ctx, [reg.class_name]),
             lambda ctx: RemovePackageImport(ctx, reg.name),
-        )
+        ]
 
 
 SITES: tuple[Site, ...] = (DispatchSite(), ExportSite())

@@ -24,7 +24,7 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from scaffold.spec.model import FieldError, check_text
 
@@ -196,27 +196,16 @@ class LoraLayerSpec(_Strict):
             raise ValueError(f"{value!r} is a module of PEFT's LoRA package (src/peft/tuners/lora/{value}.py)")
         return value
 
-    @field_validator("base_layer")
+    @field_validator("base_layer", "class_name", "title", "summary")
     @classmethod
-    def _check_base_layer(cls, value: str) -> str:
-        return check_base_path(value)
-
-    @field_validator("class_name")
-    @classmethod
-    def _check_class_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_class_name(value)
-        return value
-
-    @field_validator("title")
-    @classmethod
-    def _check_title(cls, value: str | None) -> str | None:
-        return None if value is None else check_text(value, one_line=True, literal=True)
-
-    @field_validator("summary")
-    @classmethod
-    def _check_summary(cls, value: str) -> str:
-        return check_text(value)
+    def _check_text_field(cls, value: str | None, info: ValidationInfo) -> str | None:
+        checks = {
+            "base_layer": check_base_path,
+            "class_name": check_class_name,
+            "title": lambda text: check_text(text, one_line=True, literal=True),
+            "summary": check_text,
+        }
+        return None if value is None else checks[str(info.field_name)](value)
 
     @field_validator("attributes")
     @classmethod

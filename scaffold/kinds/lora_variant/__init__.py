@@ -7,6 +7,7 @@ mappings and test matrix, each with its inverse), `registration` (what the sites
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaffold.changeset import ChangeSet
@@ -25,14 +26,17 @@ if TYPE_CHECKING:
 class LoraVariantKind(Kind):
     name = "lora_variant"
     spec_model = LoraVariantSpec
+    registration_type = VariantRegistration
     sites = SITES
 
-    def plan(self, spec: LoraVariantSpec, source: str, tree: PeftTree | None) -> VariantPlan:
+    def plan(
+        self, spec: LoraVariantSpec, source: str, tree: PeftTree | None, templates: Path | None = None
+    ) -> VariantPlan:
         # the planner and the registration are imported when a variant is planned, not when any spec is loaded
         from scaffold.kinds.lora_variant.plan import build_plan
         from scaffold.kinds.lora_variant.registration import replays_merged
 
-        return build_plan(spec, source=source, replays_merged=replays_merged(tree))
+        return build_plan(spec, source=source, replays_merged=replays_merged(tree), templates=templates)
 
     def templates(self, plan: VariantPlan, layout: Layout) -> dict[str, str]:
         return {"lora_variant/variant.py.j2": module_path(plan.name, standalone=layout is Layout.STANDALONE)}
@@ -65,9 +69,6 @@ class LoraVariantKind(Kind):
         from scaffold.kinds.lora_variant.registration import registration_for
 
         return registration_for(plan)
-
-    def registration_from_data(self, data: dict[str, Any]) -> VariantRegistration:
-        return VariantRegistration.from_data(data)
 
     def manifest_path(self, method_name: str) -> str:
         return f"{LORA_DIR}/.peft-scaffold-{method_name}.json"

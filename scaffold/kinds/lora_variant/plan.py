@@ -21,8 +21,9 @@ from __future__ import annotations
 import ast
 import copy
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scaffold.errors import ScaffoldError
@@ -31,97 +32,33 @@ from scaffold.spec.expressions import Expression, ExpressionError, parse_express
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# How each LoRA layer class spells the canonical names. `{a}` is the adapter-name variable; ARG0/ARG1 are the
-# arguments of a spec-level call.
+# How each LoRA layer class spells the canonical names: jinja2 macros, templates/lora_variant/layers/<layer>.j2.
 
 
-@dataclass(frozen=True)
 class LayerView:
-    layer: str  # PEFT's LoRA layer class
-    weight: str  # the canonical base weight
-    from_layout: str  # ARG0 (a weight in the base layer's layout) -> canonical
-    to_layout: str  # ARG0 (canonical) -> the layout of `orig_weight`
-    lora_A_param: str  # the tensors behind lora_A / lora_B (what a cached value depends on)
-    lora_B_param: str
-    lora_A: str  # canonical matrices
-    lora_B: str
-    lora_A_call: str
-    lora_B_call: str
-    layer_op: str
-    per_output: str
-    base_reuse: str | None  # `base` from `result` (and `bias`); None: this layer has no dropout (always reused)
-    uses_bias: bool
-    has_dropout: bool
-    check_init: tuple[str, ...] = ()  # lines refusing layers the canonical view does not cover
+    """The macros of one LoRA layer class (`weight()`, `from_layout(w)`, `lora_A_call(a, x)`, `layer_op(x, w)`, ...),
+    called with code; `a` is the adapter-name variable."""
 
+    def __init__(self, layer: str, templates: Path | None = None) -> None:
+        from scaffold.render.templates import environment
 
-def _conv(n: int) -> LayerView:
-    ones = ", ".join(["1"] * n)
-    return LayerView(
-        layer=f"Conv{n}d",
-        weight="dequantize_module_weight(base_layer).flatten(1)",
-        from_layout="ARG0.flatten(1)",
-        to_layout="ARG0.reshape(orig_weight.shape)",
-        lora_A_param="module.lora_A[{a}].weight",
-        lora_B_param="module.lora_B[{a}].weight",
-        lora_A="module.lora_A[{a}].weight.flatten(1)",
-        lora_B="module.lora_B[{a}].weight.flatten(1)",
-        lora_A_call="module.lora_A[{a}](ARG0)",
-        lora_B_call="module.lora_B[{a}](ARG0)",
-        layer_op=(
-            f"F.conv{n}d(ARG0, ARG1.reshape(base_layer.weight.shape), stride=base_layer.stride, "
-            "padding=base_layer.padding, dilation=base_layer.dilation, groups=base_layer.groups)"
-        ),
-        per_output=f"ARG0.view(1, -1, {ones})",
-        base_reuse=f"result if bias is None else result - bias.view(1, -1, {ones})",
-        uses_bias=True,
-        has_dropout=True,
-        check_init=(
-            "if base_layer.groups > 1:",
-            '    raise ValueError(f"{type(module).__name__} layers with groups > 1 are not supported by {TITLE}.")',
-        ),
-    )
+        conv = layer.startswith("Conv")
+        template = environment(str(templates) if templates else None).get_template(
+            f"lora_variant/layers/{'conv' if conv else layer.lower()}.j2"
+        )
+        self.layer = layer
+        self._macros = template.make_module({"n": int(layer[4]) if conv else 0})
+        self.has_dropout = bool(getattr(self._macros, "has_dropout"))
+        self.refuses_groups = bool(getattr(self._macros, "refuses_groups"))
 
+    def code(self, macro: str, *args: str) -> str:
+        """The macro's code for `args` (each parenthesized unless it is an atom)."""
+        return str(getattr(self._macros, macro)(*(_parenthesize(arg) for arg in args))).strip()
 
-_VIEWS: dict[str, LayerView] = {
-    "Linear": LayerView(
-        layer="Linear",
-        weight="transpose(dequantize_module_weight(base_layer), module.fan_in_fan_out)",
-        from_layout="transpose(ARG0, module.fan_in_fan_out)",
-        to_layout="transpose(ARG0, module.fan_in_fan_out)",
-        lora_A_param="module.lora_A[{a}].weight",
-        lora_B_param="module.lora_B[{a}].weight",
-        lora_A="module.lora_A[{a}].weight",
-        lora_B="module.lora_B[{a}].weight",
-        lora_A_call="module.lora_A[{a}](ARG0)",
-        lora_B_call="module.lora_B[{a}](ARG0)",
-        layer_op="F.linear(ARG0, ARG1)",
-        per_output="ARG0",
-        base_reuse="result if bias is None else result - bias",
-        uses_bias=True,
-        has_dropout=True,
-    ),
-    "Embedding": LayerView(
-        layer="Embedding",
-        weight="dequantize_module_weight(base_layer).T",
-        from_layout="ARG0.T",
-        to_layout="ARG0.T",
-        lora_A_param="module.lora_embedding_A[{a}]",
-        lora_B_param="module.lora_embedding_B[{a}]",
-        lora_A="module.lora_embedding_A[{a}]",
-        lora_B="module.lora_embedding_B[{a}]",
-        lora_A_call="module._embed(ARG0, module.lora_embedding_A[{a}].T)",
-        lora_B_call="ARG0 @ module.lora_embedding_B[{a}].T",
-        layer_op="module._embed(ARG0, ARG1.T)",
-        per_output="ARG0",
-        base_reuse=None,
-        uses_bias=False,
-        has_dropout=False,
-    ),
-    "Conv1d": _conv(1),
-    "Conv2d": _conv(2),
-    "Conv3d": _conv(3),
-}
+    def expr(self, macro: str, *args: str) -> str:
+        """`code`, normalized (for a result that is itself an argument or a statement's right-hand side)."""
+        return ast.unparse(ast.parse(self.code(macro, *args), mode="eval"))
+
 
 # Names every expression may read (besides the spec's weights and values), and those only `forward` may read.
 COMMON_NAMES = frozenset({"weight", "lora_A", "lora_B", "delta_weight", "scaling", "r", "in_features", "out_features"})
@@ -156,14 +93,72 @@ class ValuePlan:
 
 
 @dataclass
+class Bind:
+    """`name = code`, or, with `cache_key`, `name = _constant(module, f"<cache_key>", _stamp(<stamp>), lambda: <code>)`
+    (a constant cached while no gradient is needed)."""
+
+    name: str
+    code: str
+    cache_key: str = ""
+    stamp: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InitPlan:
+    base_layer: bool  # bind `base_layer = module.get_base_layer()` first
+    refuses_groups: bool  # a conv layer: refuse groups > 1, which the canonical view does not cover
+    bindings: list[Bind]
+    inits: dict[str, str]  # weight -> its initial value
+    like: str  # the tensor whose dtype and device the new weights take
+
+
+@dataclass
+class GetterPlan:
+    name: str
+    doc: str
+    base_layer: bool
+    bindings: list[Bind]
+    result: str
+
+
+@dataclass
+class ForwardPlan:
+    base_layer: bool
+    bindings: list[Bind]
+    base: (
+        str  # how `base` is bound: "" (not read), "result" (no dropout on this layer), "dropout" (reused or computed)
+    )
+    base_reused: str  # `base` from `result` (and `bias`)
+    base_dropped: str  # `base` for the dropped-out input
+    dropout: bool  # bind `dropout` (read by the expression)
+    result: str
+
+
+@dataclass
+class WeightUpdatePlan:
+    """`merge` or `unmerge`: the new weight from `orig_weight`, in the canonical view and back."""
+
+    base_layer: bool
+    bindings: list[Bind]  # inside `torch.no_grad()`
+    replays: bool  # values read the base weight as `forward` sees it: `module._unmerged_base_weight` (PEFT >= 0.21)
+    replayed_weight: str  # with `replays`: the canonical `weight` from `base_weight`
+    base_weight: str  # without `replays`, when values read the base weight: the canonical `weight`
+    values: list[Bind]  # after `weight` is bound
+    stored: list[tuple[str, str]]  # (cache key, value) kept for unmerge
+    weight: str
+    new_weight: str
+    result: str
+
+
+@dataclass
 class VariantClassPlan:
     layer: str  # PEFT's LoRA layer class, e.g. "Linear"
     class_name: str  # e.g. "RefDoraLinearVariant"
-    init: list[str]
-    getters: list[tuple[str, str, list[str]]]  # (method name, docstring, body lines)
-    forward: list[str]
-    merge: list[str] | None
-    unmerge: list[str] | None
+    init: InitPlan
+    getters: list[GetterPlan]
+    forward: ForwardPlan
+    merge: WeightUpdatePlan | None
+    unmerge: WeightUpdatePlan | None
 
 
 @dataclass
@@ -195,15 +190,19 @@ class VariantPlan:
         return {c.layer: c.class_name for c in self.classes}
 
 
-def build_plan(spec: LoraVariantSpec, source: str = "spec", *, replays_merged: bool = True) -> VariantPlan:
-    return _Planner(spec, source, replays_merged).build()
+def build_plan(
+    spec: LoraVariantSpec, source: str = "spec", *, replays_merged: bool = True, templates: Path | None = None
+) -> VariantPlan:
+    """`templates`: the `--templates` directory, whose `lora_variant/layers/*.j2` shadow the built-in macros."""
+    return _Planner(spec, source, replays_merged, templates).build()
 
 
 class _Planner:
-    def __init__(self, spec: LoraVariantSpec, source: str, replays_merged: bool) -> None:
+    def __init__(self, spec: LoraVariantSpec, source: str, replays_merged: bool, templates: Path | None) -> None:
         self.spec = spec
         self.source = source
         self.replays_merged = replays_merged
+        self.templates = templates
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -277,12 +276,8 @@ class _Planner:
                     )
 
         classes = [self.variant_class(layer) for layer in spec.layers]
-        code = "\n".join(
-            line
-            for c in classes
-            for lines in (c.init, c.forward, c.merge or [], c.unmerge or [], *[g[2] for g in c.getters])
-            for line in lines
-        )
+        # what the templates print (the classes, and the weights' shapes in `init`), to decide the imports
+        code = "\n".join(_strings([classes, [w.shape for w in self.weights.values()]]))
         return VariantPlan(
             spec=spec,
             name=spec.name,
@@ -311,7 +306,7 @@ class _Planner:
             "out_features": "module.out_features",
             "r": "module.r[adapter_name]",
         }
-        calls = {name: f"math.{name}(ARG0)" for name in ("sqrt", "log", "exp", "ceil", "floor")}
+        calls = {name: _function(f"math.{name}") for name in ("sqrt", "log", "exp", "ceil", "floor")}
         return render(expr, {**names, "pi": "math.pi", "e": "math.e"}, calls)
 
     # -- dependencies -----------------------------------------------------------------------------------------
@@ -338,16 +333,8 @@ class _Planner:
         return order
 
     def value_closure(self, names: Iterable[str]) -> list[str]:
-        """The values `names` need (directly or through other values), in spec order."""
-        needed: set[str] = set()
-        todo = [n for n in names if n in self.values]
-        while todo:
-            name = todo.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            todo.extend(n for n in self.values[name].expr.names if n in self.values)
-        return [n for n in self.values if n in needed]
+        """The values `names` need (directly or through other values, constants included), in spec order."""
+        return self.needed_values(names, through_constants=True)
 
     def closure_names(self, names: Iterable[str]) -> set[str]:
         """`names` plus every name read by the values they need."""
@@ -360,9 +347,10 @@ class _Planner:
         return bool(self.closure_names(expr.names) & set(self.spec.weights))
 
     # -- code -------------------------------------------------------------------------------------------------
-    def needed_values(self, names: Iterable[str]) -> list[str]:
+    def needed_values(self, names: Iterable[str], through_constants: bool = False) -> list[str]:
         """The values a computation reading `names` binds, in spec order. A constant is obtained whole (from its
-        getter, the forward cache or what merge stored), so the values it reads are not needed here."""
+        getter, the forward cache or what merge stored), so the values it reads are not needed here, unless
+        `through_constants`."""
         needed: set[str] = set()
         todo = [n for n in names if n in self.values]
         while todo:
@@ -370,7 +358,7 @@ class _Planner:
             if name in needed:
                 continue
             needed.add(name)
-            if not self.values[name].constant:
+            if through_constants or not self.values[name].constant:
                 todo.extend(n for n in self.values[name].expr.names if n in self.values)
         return [n for n in self.values if n in needed]
 
@@ -386,236 +374,186 @@ class _Planner:
                 out.add("weight")
         return out - set(self.values)
 
-    def bind_direct(self, view: LayerView, a: str, names: set[str], weight_code: str | None) -> list[str]:
-        """Lines binding the canonical names in `names` as locals (`weight` only when `weight_code` is given)."""
+    def bind_direct(self, view: LayerView, a: str, names: set[str], weight_code: str | None) -> list[Bind]:
+        """Bindings of the canonical names in `names` as locals (`weight` only when `weight_code` is given)."""
         names = set(names)
         if "delta_weight" in names:
             names |= {"lora_A", "lora_B", "scaling"}
-        lines = []
+        binds = []
         if "lora_A" in names:
-            lines.append(f"lora_A = {view.lora_A.format(a=a)}")
+            binds.append(Bind("lora_A", view.code("lora_A", a)))
         if "lora_B" in names:
-            lines.append(f"lora_B = {view.lora_B.format(a=a)}")
+            binds.append(Bind("lora_B", view.code("lora_B", a)))
         if "scaling" in names:
-            lines.append(f"scaling = module.scaling[{a}]")
+            binds.append(Bind("scaling", f"module.scaling[{a}]"))
         if "r" in names:
-            lines.append(f"r = module.r[{a}]")
-        for dim in ("in_features", "out_features"):
-            if dim in names:
-                lines.append(f"{dim} = module.{dim}")
-        for name, weight in self.weights.items():
-            if name in names:
-                lines.append(f"{name} = module.{weight.attr}[{a}]")
+            binds.append(Bind("r", f"module.r[{a}]"))
+        binds += [Bind(dim, f"module.{dim}") for dim in ("in_features", "out_features") if dim in names]
+        binds += [Bind(name, f"module.{w.attr}[{a}]") for name, w in self.weights.items() if name in names]
         if "weight" in names and weight_code is not None:
-            lines.append(f"weight = {weight_code}")
+            binds.append(Bind("weight", weight_code))
         if "delta_weight" in names:
-            lines.append("delta_weight = lora_B @ lora_A * scaling")
-        return lines
+            binds.append(Bind("delta_weight", "lora_B @ lora_A * scaling"))
+        return binds
 
-    def bind_values(self, view: LayerView, class_name: str, a: str, values: list[str], constants: str) -> list[str]:
-        """Lines binding `values`. Constants come from their getter ("getter"), the forward cache ("cache") or
-        what merge stored ("merged")."""
-        lines = []
+    def bind_values(self, view: LayerView, class_name: str, a: str, values: list[str], constants: str) -> list[Bind]:
+        """Bindings of `values`. Constants come from their getter ("getter"), the forward cache ("cache") or what
+        merge stored ("merged")."""
+        binds = []
         for value in values:
             plan = self.values[value]
             if not plan.constant:
-                lines.append(f"{value} = {render(plan.expr, {}, {})}")
+                binds.append(Bind(value, render(plan.expr, {}, {})))
             elif constants == "getter":
-                lines.append(f"{value} = {class_name}.{plan.getter}(module, {a}, weight)")
+                binds.append(Bind(value, f"{class_name}.{plan.getter}(module, {a}, weight)"))
             elif constants == "merged":
-                lines.append(f'{value} = module._cache_pop(f"{{{a}}}-{self.spec.name}-{value}-merged")')
+                binds.append(Bind(value, f'module._cache_pop(f"{self.merged_key(a, value)}")'))
             else:
-                lines.extend(self.cached_constant(view, class_name, a, plan))
-        return lines
+                binds.append(self.cached_constant(view, class_name, a, plan))
+        return binds
+
+    def merged_key(self, a: str, value: str) -> str:
+        return f"{{{a}}}-{self.spec.name}-{value}-merged"
 
     def canonical_weight(self, view: LayerView, a: str) -> str:
         """The canonical base weight in the adapter's dtype (what `forward` computes with)."""
-        return f"{view.weight}.to({view.lora_A_param.format(a=a)}.dtype)"
+        return f"{view.code('weight')}.to({view.code('lora_A_param', a)}.dtype)"
 
     def variant_class(self, layer: str) -> VariantClassPlan:
-        view = _VIEWS[layer]
+        view = LayerView(layer, self.templates)
         class_name = f"{self.spec.class_name}{layer}Variant"
-        getters = [
-            (value.getter, self.getter_doc(value), _with_base_layer(self.getter_lines(view, class_name, value)))
-            for value in self.values.values()
-            if value.constant
-        ]
+        getters = [self.getter(view, class_name, value) for value in self.values.values() if value.constant]
         merge = unmerge = None
         if self.merge is not None:
-            merge = _with_base_layer(self.merge_lines(view, class_name))
-            unmerge = _with_base_layer(self.unmerge_lines(view, class_name))
+            merge = self.merge_plan(view, class_name)
+            unmerge = self.unmerge_plan(view, class_name)
         return VariantClassPlan(
             layer=layer,
             class_name=class_name,
-            init=_with_base_layer(self.init_lines(view, class_name)),
+            init=self.init_plan(view, class_name),
             getters=getters,
-            forward=_with_base_layer(self.forward_lines(view, class_name, self.forwards[layer])),
+            forward=self.forward_plan(view, class_name, self.forwards[layer]),
             merge=merge,
             unmerge=unmerge,
         )
 
-    def getter_doc(self, value: ValuePlan) -> str:
-        return (
-            f"`{value.name}` for the canonical base `weight`, as a constant (no gradient): `{_doc(value.expr.source)}`"
-        )
-
-    def cached_constant(self, view: LayerView, class_name: str, a: str, value: ValuePlan) -> list[str]:
+    def cached_constant(self, view: LayerView, class_name: str, a: str, value: ValuePlan) -> Bind:
         reads = self.closure_names(value.expr.names)
         stamp = []
         if "weight" in reads:
             stamp.append("base_layer.weight")
         if reads & {"lora_A", "delta_weight"}:
-            stamp.append(view.lora_A_param.format(a=a))
+            stamp.append(view.code("lora_A_param", a))
         if reads & {"lora_B", "delta_weight"}:
-            stamp.append(view.lora_B_param.format(a=a))
+            stamp.append(view.code("lora_B_param", a))
         stamp += [f"module.{w.attr}[{a}]" for n, w in self.weights.items() if n in reads]
         if reads & {"scaling", "delta_weight"}:
             stamp.append(f"module.scaling[{a}]")
-        return [
-            f"{value.name} = _constant(",
-            "    module,",
-            f'    f"{{{a}}}-{self.spec.name}-{value.name}",',
-            f"    _stamp({', '.join(stamp)}),",
-            f"    lambda: {class_name}.{value.getter}(module, {a}, {self.canonical_weight(view, a)}),",
-            ")",
-        ]
+        compute = f"{class_name}.{value.getter}(module, {a}, {self.canonical_weight(view, a)})"
+        return Bind(value.name, compute, cache_key=f"{{{a}}}-{self.spec.name}-{value.name}", stamp=stamp)
 
-    def getter_lines(self, view: LayerView, class_name: str, value: ValuePlan) -> list[str]:
+    def getter(self, view: LayerView, class_name: str, value: ValuePlan) -> GetterPlan:
         a = "adapter_name"
         values = self.needed_values(value.expr.names)
         direct = self.direct_names(value.expr.names, values, getters=True) - {"weight"}
-        lines = ["with torch.no_grad():"]
-        body = self.bind_direct(view, a, direct, None) + self.bind_values(view, class_name, a, values, "getter")
-        lines += ["    " + line for line in body]
-        lines.append(f"    return {render(value.expr, {}, {})}")
-        return lines
+        binds = self.bind_direct(view, a, direct, None) + self.bind_values(view, class_name, a, values, "getter")
+        result = render(value.expr, {}, {})
+        doc = (
+            f"`{value.name}` for the canonical base `weight`, as a constant (no gradient): `{_doc(value.expr.source)}`"
+        )
+        return GetterPlan(value.getter, doc, _reads_base_layer(binds, result), binds, result)
 
-    def init_lines(self, view: LayerView, class_name: str) -> list[str]:
+    def init_plan(self, view: LayerView, class_name: str) -> InitPlan:
         a = "adapter_name"
-        lines = [line.replace("{TITLE}", self.spec.title or self.spec.class_name) for line in view.check_init]
-        for weight in self.weights.values():
-            lines += [
-                f'if not hasattr(module, "{weight.attr}"):',
-                "    # the first adapter of this variant on this layer: register the container of its weights",
-                f"    module.{weight.attr} = {weight.container}",
-                f'    module.{weight.names_tuple} = module.{weight.names_tuple}[:] + ("{weight.attr}",)',
-            ]
-        if not self.weights:
-            return lines
         names: set[str] = set()
         for weight in self.weights.values():
             names |= weight.init.names
         names -= set(self.weights)  # earlier weights are the tensors just created
         values = self.needed_values(names)
         direct = self.direct_names(names, values, getters=True)
-        lora_a = view.lora_A_param.format(a=a)
-        body = self.bind_direct(view, a, direct, f"{view.weight}.to({lora_a}.device)")
-        body += self.bind_values(view, class_name, a, values, "getter")
-        lines.append("with torch.no_grad():")
-        lines += ["    " + line for line in body]
-        for weight in self.weights.values():
-            shape = ", ".join(weight.shape)
-            init = render(weight.init, {}, {})
-            lines.append(f"    {weight.name} = torch.as_tensor({init}).to({lora_a}).expand({shape}).clone()")
-        for weight in self.weights.values():
-            frozen = "" if weight.trainable else ", requires_grad=False"
-            lines.append(f"module.{weight.attr}[{a}] = nn.Parameter({weight.name}{frozen})")
-        return lines
+        like = view.code("lora_A_param", a)
+        binds: list[Bind] = []
+        if self.weights:
+            binds = self.bind_direct(view, a, direct, f"{view.code('weight')}.to({like}.device)")
+            binds += self.bind_values(view, class_name, a, values, "getter")
+        inits = {name: render(weight.init, {}, {}) for name, weight in self.weights.items()}
+        base_layer = view.refuses_groups or _reads_base_layer(binds, *inits.values())
+        return InitPlan(base_layer, view.refuses_groups, binds, inits, like)
 
-    def forward_lines(self, view: LayerView, class_name: str, expr: Expression) -> list[str]:
+    def forward_plan(self, view: LayerView, class_name: str, expr: Expression) -> ForwardPlan:
         a = "active_adapter"
         names = set(expr.names) - FORWARD_NAMES
         values = self.needed_values(names)
         direct = self.direct_names(names, values, getters=False)
-        lines = self.bind_direct(view, a, direct, self.canonical_weight(view, a))
-        lines += self.bind_values(view, class_name, a, values, "cache")
-        calls = {
-            "lora_A": view.lora_A_call.format(a=a),
-            "lora_B": view.lora_B_call.format(a=a),
-            "per_output": view.per_output,
-            "layer_op": view.layer_op,
-            "dropout": "dropout(ARG0)" if view.has_dropout else "ARG0",
+        binds = self.bind_direct(view, a, direct, self.canonical_weight(view, a))
+        binds += self.bind_values(view, class_name, a, values, "cache")
+        calls: dict[str, Callable[..., str]] = {
+            "lora_A": lambda h: view.expr("lora_A_call", a, h),
+            "lora_B": lambda h: view.expr("lora_B_call", a, h),
+            "per_output": lambda v: view.expr("per_output", v),
+            "layer_op": lambda h, w: view.expr("layer_op", h, w),
+            "dropout": _function("dropout") if view.has_dropout else (lambda h: h),
         }
-        dropped = None
+        base, reused, dropped_base, dropped = "", "", "", None
         if "base" in expr.names:
-            if view.base_reuse is None:  # no dropout on this layer: the base output is `result`
-                lines.append("base = result")
+            if not view.has_dropout:  # no dropout on this layer: the base output is `result`
+                base = "result"
             else:
+                base, dropped = "dropout", "dropped"  # `dropout(x)` is `dropped` from there on
+                reused = view.code("base_reuse")
                 weight = "weight" if "weight" in direct else self.canonical_weight(view, a)
-                lines += [
-                    f"dropout = module.lora_dropout[{a}]",
-                    "if isinstance(dropout, nn.Identity) or not module.training:",
-                    "    # the base layer's output for this input is in `result` already: reuse it, without the bias",
-                    "    bias = base_layer.bias",
-                    "    dropped = x",
-                    f"    base = {view.base_reuse}",
-                    "else:",
-                    "    dropped = dropout(x)",
-                    f"    base = {_substitute(view.layer_op, ['dropped', weight])}",
-                ]
-                dropped = "dropped"  # `dropout(x)` is `dropped` from here on
-        elif expr.uses("dropout") and view.has_dropout:
-            lines.append(f"dropout = module.lora_dropout[{a}]")
+                dropped_base = view.expr("layer_op", "dropped", weight)
+        uses_dropout = not base and expr.uses("dropout") and view.has_dropout
         out = render(expr, {}, calls, dropped_x=dropped)
         if "result" not in expr.names:
             out = f"result + {_parenthesize(out)}"
-        lines.append(f"return {out}")
-        return lines
+        base_layer = base == "dropout" or _reads_base_layer(binds, dropped_base, out)
+        return ForwardPlan(base_layer, binds, base, reused, dropped_base, uses_dropout, out)
 
-    def merge_lines(self, view: LayerView, class_name: str) -> list[str]:
+    def merge_plan(self, view: LayerView, class_name: str) -> WeightUpdatePlan:
         assert self.merge is not None and self.unmerge is not None
         a = "active_adapter"
         stored = [v for v in self.needed_values(self.unmerge.names) if self.values[v].constant]
         merge_values = self.needed_values(set(self.merge.names) | set(stored))
         direct = self.direct_names(self.merge.names, merge_values, getters=True)
         reads_base = "weight" in self.direct_names((), merge_values, getters=True)
+        replays = reads_base and self.replays_merged
+        binds = self.bind_direct(view, a, direct - {"weight"}, None)
         values = self.bind_values(view, class_name, a, merge_values, "getter")
-        lines = ["with torch.no_grad():"]
-        lines += ["    " + line for line in self.bind_direct(view, a, direct - {"weight"}, None)]
-        if reads_base and self.replays_merged:
-            lines += [
-                "    # computed from the base weight as `forward` sees it: without the adapters merged into it",
-                "    with module._unmerged_base_weight(safe_merge=safe_merge) as base_weight:",
-                f"        weight = {_substitute(view.from_layout, ['base_weight'])}",
-            ]
-            lines += ["        " + line for line in values]
-            lines += [
-                "    if safe_merge:",
-                "        # `orig_weight` was copied before the merged adapters were replayed: go on from the replayed weight",
-                "        orig_weight = dequantize_module_weight(base_layer)",
-            ]
-        elif reads_base:
-            base = "dequantize_module_weight(base_layer)"
-            lines.append(f"    weight = {_substitute(view.from_layout, [base])}")
-            lines += ["    " + line for line in values]
-        else:
-            lines += ["    " + line for line in values]
-        for value in stored:
-            lines += [
-                "    # unmerge needs it too, and cannot compute it from the merged weight",
-                f'    module._cache_store(f"{{{a}}}-{self.spec.name}-{value}-merged", {value})',
-            ]
-        lines += [
-            f"    weight = {_substitute(view.from_layout, ['orig_weight'])}",
-            f"    new_weight = {render(self.merge, {}, {})}",
-            f"return {_substitute(view.to_layout, ['new_weight'])}.to(orig_weight.dtype)",
-        ]
-        return lines
+        replayed = view.expr("from_layout", "base_weight") if replays else ""
+        base_weight = (
+            view.expr("from_layout", "dequantize_module_weight(base_layer)") if reads_base and not replays else ""
+        )
+        return self.weight_update(view, self.merge, binds, replays, replayed, base_weight, values, stored, a)
 
-    def unmerge_lines(self, view: LayerView, class_name: str) -> list[str]:
+    def unmerge_plan(self, view: LayerView, class_name: str) -> WeightUpdatePlan:
         assert self.unmerge is not None
         a = "active_adapter"
         values = self.needed_values(self.unmerge.names)
         direct = self.direct_names(self.unmerge.names, values, getters=False) - {"weight"}
-        lines = ["with torch.no_grad():"]
-        body = self.bind_direct(view, a, direct, None) + self.bind_values(view, class_name, a, values, "merged")
-        lines += ["    " + line for line in body]
-        lines += [
-            f"    weight = {_substitute(view.from_layout, ['orig_weight'])}",
-            f"    new_weight = {render(self.unmerge, {}, {})}",
-            f"return {_substitute(view.to_layout, ['new_weight'])}.to(orig_weight.dtype)",
-        ]
-        return lines
+        binds = self.bind_direct(view, a, direct, None) + self.bind_values(view, class_name, a, values, "merged")
+        return self.weight_update(view, self.unmerge, binds, False, "", "", [], [], a)
+
+    def weight_update(
+        self,
+        view: LayerView,
+        expr: Expression,
+        binds: list[Bind],
+        replays: bool,
+        replayed: str,
+        base_weight: str,
+        values: list[Bind],
+        stored: list[str],
+        a: str,
+    ) -> WeightUpdatePlan:
+        weight = view.expr("from_layout", "orig_weight")
+        new_weight = render(expr, {}, {})
+        result = view.code("to_layout", "new_weight")
+        base_layer = replays or _reads_base_layer(binds, values, replayed, base_weight, weight, result)
+        kept = [(self.merged_key(a, value), value) for value in stored]
+        return WeightUpdatePlan(
+            base_layer, binds, replays, replayed, base_weight, values, kept, weight, new_weight, result
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -623,7 +561,9 @@ class _Planner:
 
 
 class _Substitute(ast.NodeTransformer):
-    def __init__(self, names: Mapping[str, str], calls: Mapping[str, str], dropped_x: str | None = None) -> None:
+    def __init__(
+        self, names: Mapping[str, str], calls: Mapping[str, Callable[..., str]], dropped_x: str | None = None
+    ) -> None:
         self.names = names
         self.calls = calls
         self.dropped_x = dropped_x
@@ -644,33 +584,46 @@ class _Substitute(ast.NodeTransformer):
         if self.dropped_x is not None and is_dropout_of_x:
             return ast.copy_location(ast.Name(self.dropped_x, ast.Load()), node)
         if isinstance(node.func, ast.Name) and node.func.id in self.calls:
-            args = [self.visit(arg) for arg in node.args]
-            template = ast.parse(self.calls[node.func.id], mode="eval").body
-            return _Placeholders(args).visit(template)
+            args = [ast.unparse(self.visit(arg)) for arg in node.args]
+            return ast.parse(self.calls[node.func.id](*args), mode="eval").body
         self.generic_visit(node)
         return node
 
 
-class _Placeholders(ast.NodeTransformer):
-    def __init__(self, args: list[ast.AST]) -> None:
-        self.args = args
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id.startswith("ARG") and node.id[3:].isdigit():
-            return copy.deepcopy(self.args[int(node.id[3:])])
-        return node
-
-
-def render(expr: Expression, names: Mapping[str, str], calls: Mapping[str, str], dropped_x: str | None = None) -> str:
-    """`expr` as source, with names replaced by code and spec-level calls by their templates (ARG0, ARG1...);
-    `dropout(x)` becomes `dropped_x` when given."""
+def render(
+    expr: Expression, names: Mapping[str, str], calls: Mapping[str, Callable[..., str]], dropped_x: str | None = None
+) -> str:
+    """`expr` as source, with names replaced by code and spec-level calls by the code their function returns for the
+    arguments' code; `dropout(x)` becomes `dropped_x` when given."""
     tree = _Substitute(names, calls, dropped_x).visit(copy.deepcopy(expr.tree))
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
-def _substitute(template: str, args: list[str]) -> str:
-    nodes = [ast.parse(arg, mode="eval").body for arg in args]
-    return ast.unparse(_Placeholders(nodes).visit(ast.parse(template, mode="eval").body))  # type: ignore[arg-type]
+def _function(name: str) -> Callable[[str], str]:
+    """A spec-level call printed as a call of `name`."""
+    return lambda arg: f"{name}({arg})"
+
+
+def _strings(value: Any) -> list[str]:
+    """Every piece of code in a plan (dataclasses, lists, dicts), for deciding the module's imports."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Bind) and value.cache_key:
+        return ["_constant(", value.code, *value.stamp]
+    if isinstance(value, WeightUpdatePlan) and value.replays:
+        return ["dequantize_module_weight(", *_strings(vars(value))]
+    if hasattr(value, "__dataclass_fields__"):
+        return _strings([v for k, v in vars(value).items() if k != "doc"])
+    if isinstance(value, dict):
+        return [s for item in value.items() for s in _strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _reads_base_layer(*parts: Any) -> bool:
+    """Whether the code in `parts` (bindings, code) reads `base_layer`, which is then bound first."""
+    return any(re.search(r"\bbase_layer\b", code) for code in _strings(list(parts)))
 
 
 def _parenthesize(code: str) -> str:
@@ -684,13 +637,6 @@ def _check_arity(planner: _Planner, where: str, expr: Expression) -> None:
             wanted = _CALL_ARITY[node.func.id]
             if len(node.args) != wanted or node.keywords:
                 raise planner.fail(where, f"`{node.func.id}` takes {wanted} positional argument(s)")
-
-
-def _with_base_layer(lines: list[str]) -> list[str]:
-    """Bind `base_layer` first when the method uses it."""
-    if any(re.search(r"\bbase_layer\b", line) for line in lines):
-        return ["base_layer = module.get_base_layer()", *lines]
-    return lines
 
 
 def _doc(text: str) -> str:

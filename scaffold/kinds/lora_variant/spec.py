@@ -137,14 +137,9 @@ class LoraVariantSpec(_Strict):
             raise ValueError(f"{value!r} must be a CamelCase identifier")
         return value
 
-    @field_validator("title")
+    @field_validator("title", "paper")
     @classmethod
-    def _check_title(cls, value: str | None) -> str | None:
-        return value if value is None else check_text(value, one_line=True, literal=True)
-
-    @field_validator("paper")
-    @classmethod
-    def _check_paper(cls, value: str | None) -> str | None:
+    def _check_one_line(cls, value: str | None) -> str | None:
         return value if value is None else check_text(value, one_line=True, literal=True)
 
     @field_validator("summary", "help")

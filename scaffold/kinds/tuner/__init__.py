@@ -12,6 +12,7 @@ The planner still lives in scaffold/plan (it is the oldest kind); moving it unde
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from scaffold.core.kind import Kind
@@ -27,9 +28,10 @@ from scaffold.spec.model import MethodSpec
 class TunerKind(Kind):
     name = "tuner"
     spec_model = MethodSpec
+    registration_type = MethodRegistration
     sites = SITES
 
-    def plan(self, spec: MethodSpec, source: str, tree: Any) -> MethodPlan:
+    def plan(self, spec: MethodSpec, source: str, tree: Any, templates: Path | None = None) -> MethodPlan:
         return build_plan(spec, source=source)
 
     def templates(self, plan: MethodPlan, layout: Layout) -> dict[str, str]:
@@ -50,9 +52,6 @@ class TunerKind(Kind):
 
         # the docs_page site writes the page the templates render (templates/docs/page.md.j2)
         return dataclasses.replace(registration_for(plan), docs_page=files.render_docs_page(plan))
-
-    def registration_from_data(self, data: dict[str, Any]) -> MethodRegistration:
-        return MethodRegistration.from_data(data)
 
     def manifest_path(self, method_name: str) -> str:
         return f"src/peft/tuners/{method_name}/{MANIFEST_NAME}"

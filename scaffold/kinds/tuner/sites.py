@@ -41,10 +41,11 @@ import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import libcst as cst
 
-from scaffold.core.sites import Site
+from scaffold.core.sites import EditFactory, EditSite, Site
 from scaffold.errors import ScaffoldError
 from scaffold.kinds.tuner.registration import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register import _cst
@@ -69,6 +70,15 @@ class TunerSite(Site):
         return self.is_registered(path.read_text(encoding="utf-8") if path.is_file() else None, method)
 
 
+def _imported_and_exported(source: str | None, relpath: str, module: str, names: Sequence[str]) -> bool:
+    """Whether `from .<module> import ...` and `__all__` both list every one of `names`."""
+    if source is None:
+        return False
+    tree = _cst.parse(source, relpath)
+    imported = t.imported_names(tree, 1, module)
+    return all(name in imported and name in t.dunder_all_names(tree) for name in names)
+
+
 def _tests_skip(tree: PeftTree) -> str | None:
     return None if tree.has_tests else "tree has no tests/"
 
@@ -80,28 +90,22 @@ def _no_package(method: DiscoveredMethod) -> str | None:
 # -- 1. PeftType -----------------------------------------------------------------------------------------------------
 
 
-class PeftTypeSite(TunerSite):
+class PeftTypeSite(EditSite, TunerSite):
     name = "peft_types"
     relpath = "src/peft/utils/peft_types.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddEnumMember, class_name="PeftType", member=reg.peft_type),
             # PEFT keeps a "Supported PEFT types" list in the docstring (not every method is in it); extend it.
             partial(t.AddDocstringItem, class_name="PeftType", item=reg.peft_type),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveDocstringItem, class_name="PeftType", item=reg.peft_type),
             partial(t.RemoveEnumMember, class_name="PeftType", member=reg.peft_type),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         return source is not None and method.peft_type in peft_type_members(source)
@@ -123,34 +127,24 @@ def peft_type_members(source: str) -> list[str]:
 # -- 2. tuners/__init__.py -------------------------------------------------------------------------------------------
 
 
-class TunersInitSite(TunerSite):
+class TunersInitSite(EditSite, TunerSite):
     name = "tuners_init"
     relpath = "src/peft/tuners/__init__.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddPackageImport, package=reg.name, names=reg.exported),
             partial(t.AddToDunderAll, names=reg.exported),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveFromDunderAll, names=reg.exported),
             partial(t.RemovePackageImport, package=reg.name),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, method.name)
-        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+        return _imported_and_exported(source, self.relpath, method.name, method.exported)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _no_package(method)
@@ -159,34 +153,24 @@ class TunersInitSite(TunerSite):
 # -- 3. peft/__init__.py ---------------------------------------------------------------------------------------------
 
 
-class PeftInitSite(TunerSite):
+class PeftInitSite(EditSite, TunerSite):
     name = "peft_init"
     relpath = "src/peft/__init__.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.AddImportedNames, level=1, module="tuners", names=reg.exported),
             partial(t.AddToDunderAll, names=reg.exported),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
             partial(t.RemoveFromDunderAll, names=reg.exported),
             partial(t.RemoveImportedNames, level=1, module="tuners", names=reg.exported),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, "tuners")
-        return all(n in imported and n in t.dunder_all_names(tree) for n in method.exported)
+        return _imported_and_exported(source, self.relpath, "tuners", method.exported)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _no_package(method)
@@ -231,12 +215,11 @@ def _last_mapping(body: Sequence[ast.stmt]) -> int | None:
     return last
 
 
-class ConstantsSite(TunerSite):
+class ConstantsSite(EditSite, TunerSite):
     name = "constants"
     relpath = "src/peft/utils/constants.py"
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         const = reg.constant_name
         if reg.target_modules is None:
             # Same targets as LoRA: one line at the end of the "identical to LORA" block, like tinylora.
@@ -263,11 +246,10 @@ class ConstantsSite(TunerSite):
                 anchor_description="`TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` assignments",
                 blank_line_before=True,
             )
-        return t.run(src, self.relpath, edit)
+        return [edit]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(src, self.relpath, partial(t.RemoveAssignment, name=reg.constant_name))
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [partial(t.RemoveAssignment, name=reg.constant_name)]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
         if source is None:
@@ -282,7 +264,7 @@ class ConstantsSite(TunerSite):
 # -- 5. re-exports of the mapping ------------------------------------------------------------------------------------
 
 
-class ReexportSite(TunerSite):
+class ReexportSite(EditSite, TunerSite):
     """The mapping re-exported through `from .<module> import (...)` and `__all__` (PEFT does it for all but a few
     methods, e.g. hira and osf, so `doctor` treats it as optional)."""
 
@@ -291,32 +273,22 @@ class ReexportSite(TunerSite):
     def __init__(self, name: str, relpath: str, module: str) -> None:
         self.name, self.relpath, self.module = name, relpath, module
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         names = reg.constant_names
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=1, module=self.module, names=names),
             partial(t.AddToDunderAll, names=names),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
         names = reg.constant_names
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.RemoveFromDunderAll, names=names),
             partial(t.RemoveImportedNames, level=1, module=self.module, names=names),
-        )
+        ]
 
     def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        tree = _cst.parse(source, self.relpath)
-        imported = t.imported_names(tree, 1, self.module)
-        return all(c in imported and c in t.dunder_all_names(tree) for c in method.constant_names)
+        return _imported_and_exported(source, self.relpath, self.module, method.constant_names)
 
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return None if method.constant_names else "uses no target-module mapping"
@@ -344,9 +316,31 @@ class _RemoveUnusedImport(t.Edit):
         return self._removal(tree.code).transform_module_impl(tree)
 
 
-class TestConfigSite(TunerSite):
+class _RowsSite(EditSite, TunerSite):
+    """Rows of a test-matrix list that name the method's config class (element `position` of each row); removing
+    them drops the config's import too when nothing else uses it."""
+
+    list_name: str
+    position: int
+
+    def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
+        return {}
+
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        rows = partial(t.RemoveRows, name=self.list_name, position=self.position, cls=reg.config_cls)
+        return [
+            partial(rows, **self._removal_banner(reg)),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        ]
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        return source is not None and t.has_row(source, self.relpath, self.list_name, self.position, method.config_cls)
+
+
+class TestConfigSite(_RowsSite):
     name = "test_config"
     relpath = "tests/test_config.py"
+    list_name, position = "ALL_CONFIG_CLASSES", 0
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree)
@@ -354,30 +348,13 @@ class TestConfigSite(TunerSite):
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return _tests_skip(tree) or _no_package(method)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         row = t.literal_row((_cst.Code(reg.config_cls), dict(reg.config_mandatory_kwargs)))
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             # PEFT's ALL_CONFIG_CLASSES is not sorted (then the row is appended), but keep it sorted if it ever is
             partial(t.AddRows, name="ALL_CONFIG_CLASSES", rows=[row], sorted_by_first=True),
-        )
-
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="ALL_CONFIG_CLASSES", position=0, cls=reg.config_cls),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "ALL_CONFIG_CLASSES", 0, method.config_cls)
+        ]
 
 
 # Methods with a target-module mapping that PEFT deliberately leaves out of the custom-model TEST_CASES.
@@ -386,11 +363,12 @@ NOT_CUSTOM_MODEL_TESTABLE = {
 }
 
 
-class TestCustomModelsSite(TunerSite):
+class TestCustomModelsSite(_RowsSite):
     """A bannered block of TEST_CASES rows (desc, model id, Config, kwargs), appended at the end like PEFT does."""
 
     name = "test_custom_models"
     relpath = "tests/test_custom_models.py"
+    list_name, position = "TEST_CASES", 2
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
         return _tests_skip(tree) or (None if reg.test_cases else "no test cases given")
@@ -404,40 +382,27 @@ class TestCustomModelsSite(TunerSite):
             return "not a target_modules tuner; not in the custom-model matrix"
         return NOT_CUSTOM_MODEL_TESTABLE.get(method.name)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         rows = [
             t.literal_row((desc, model_id, _cst.Code(reg.config_cls), kwargs))
             for desc, model_id, kwargs in reg.test_cases
         ]
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             partial(t.AddRows, name="TEST_CASES", rows=rows, banner=t.banner(reg.title)),
-        )
+        ]
 
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="TEST_CASES", position=2, cls=reg.config_cls, banner=t.banner(reg.title)),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "TEST_CASES", 2, method.config_cls)
+    def _removal_banner(self, reg: MethodRegistration) -> dict[str, Any]:
+        return {"banner": t.banner(reg.title)}
 
 
-class TestMultipleAdaptersSite(TunerSite):
+class TestMultipleAdaptersSite(_RowsSite):
     """MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES rows: (desc, method name, Config, kwargs1, kwargs2). Optional in PEFT
     (methods without multi-adapter support, e.g. ln_tuning and osf, have none)."""
 
     name = "test_custom_models_multi"
     relpath = "tests/test_custom_models.py"
+    list_name, position = "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2
     required = False
 
     def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
@@ -446,32 +411,15 @@ class TestMultipleAdaptersSite(TunerSite):
     def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
         return TestCustomModelsSite().doctor_skip_reason(tree, method)
 
-    def apply(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
         rows = [
             t.literal_row((desc, reg.name, _cst.Code(reg.config_cls), k1, k2))
             for desc, k1, k2 in reg.multiple_active_adapters_cases
         ]
-        return t.run(
-            src,
-            self.relpath,
+        return [
             partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
             partial(t.AddRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", rows=rows),
-        )
-
-    def remove(self, source: str | None, reg: MethodRegistration) -> str:
-        src = self._require(source, reg.name)
-        return t.run(
-            src,
-            self.relpath,
-            partial(t.RemoveRows, name="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", position=2, cls=reg.config_cls),
-            partial(_RemoveUnusedImport, names=[reg.config_cls]),
-        )
-
-    def is_registered(self, source: str | None, method: MethodNames) -> bool:
-        if source is None:
-            return False
-        return t.has_row(source, self.relpath, "MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", 2, method.config_cls)
+        ]
 
 
 # -- 8. docs ---------------------------------------------------------------------------------------------------------
