@@ -49,8 +49,11 @@ class OracleUnsupported(Exception):
 
 # MethodSpec fields the oracle understands; the first group does not change the math.
 _DESCRIPTIVE_FIELDS = frozenset(
-    {"name", "kind", "class_prefix", "title", "paper", "summary", "math", "target_modules", "peft_test_kwargs"}
-)
+    {
+        "name", "kind", "class_prefix", "title", "paper", "summary", "math", "when_to_use", "license",
+        "target_modules", "peft_test_kwargs",
+    }
+)  # fmt: skip
 _MATH_FIELDS = frozenset(
     {"hyperparameters", "derived", "dropout", "weights", "delta_weight", "forward", "merge", "unmerge", "layers"}
 )
