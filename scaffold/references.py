@@ -43,7 +43,10 @@ def check_insertions_unedited(changeset: ChangeSet, tree: Any, reg: Any, sites: 
 
 def reference_names(reg: Any) -> list[str]:
     """The names user code could use of a generated method, whatever its kind."""
-    names = [getattr(reg, attr, None) for attr in ("peft_type", "config_cls", "model_cls", "switch", "class_name")]
+    # the PeftType member only as `PeftType.X`: a bare upper-case word (DEFAULT, AUTO...) is common in PEFT's own code
+    member = getattr(reg, "peft_type", None)
+    names = [f"PeftType.{member}" if member else None]
+    names += [getattr(reg, attr, None) for attr in ("config_cls", "model_cls", "switch", "class_name")]
     names += list(getattr(reg, "exported", ()))
     names += [pair[1] for pair in getattr(reg, "mapping", ()) if len(pair) == 2]
     return [n for n in names if isinstance(n, str) and n]

@@ -55,7 +55,7 @@ CASES = {
     "user line using the member": (
         "src/peft/mapping.py",
         lambda p: _append(p, "\nMY_TYPE = PeftType.REFLORA\n") + 1,
-        "still uses REFLORA",
+        "still uses PeftType.REFLORA",
     ),
     "user test importing the config": (
         "tests/test_mine.py",
@@ -117,3 +117,15 @@ def test_doctor_reports_missing_generated_files(peft_tree: Path) -> None:
     assert "tests/test_reflora.py: generated file missing (listed in src/peft/tuners/reflora/.peft-scaffold.json)" in (
         " ".join(result.stdout.split())
     )
+
+
+def test_remove_is_not_fooled_by_the_member_name_as_a_plain_word(peft_tree: Path, tmp_path: Path) -> None:
+    """A method named like a word PEFT's own code uses (`DEFAULT` appears in utils/constants.py) is removed: only
+    `PeftType.DEFAULT` would be a use of its member."""
+    spec = tmp_path / "default.yaml"
+    spec.write_text(SPEC.read_text().replace("name: reflora", "name: default"))
+    pristine = snapshot_tree(peft_tree)
+    assert runner.invoke(app, ["new", str(spec), "--peft-root", str(peft_tree)]).exit_code == 0
+    result = runner.invoke(app, ["remove", "default", "--peft-root", str(peft_tree)])
+    assert result.exit_code == 0, result.output
+    assert snapshot_tree(peft_tree) == pristine
