@@ -93,6 +93,9 @@ _SCALED_LIKE_LORA = textwrap.dedent(
 def test_the_tutorial_method_in_a_peft_tree(peft_tree):
     result = runner.invoke(app, ["new", str(SPEC), "--peft-root", str(peft_tree)])
     assert result.exit_code == 0, result.output
+    # the tutorial's `verify` step (its numeric probe; the test suites are run below and in test_in_tree.py)
+    result = runner.invoke(app, ["verify", str(SPEC), "--peft-root", str(peft_tree), "--fast"])
+    assert result.exit_code == 0, result.output
     counts = run_pytest(peft_tree, ["tests/test_customlora.py"])
     assert counts.failed == 0 and counts.errors == 0, counts.output_tail
     assert counts.passed >= 10
