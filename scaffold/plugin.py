@@ -87,7 +87,7 @@ def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, temp
         raise ScaffoldError(str(out_dir), f"exists and is not empty; pass --force to replace {dist}/ in it")
 
     changeset = ChangeSet(out_dir)
-    # the tuner kind's own templates and variables for `--out`, with the plugin's import lines and licence
+    # the kind's own templates and variables for `--out`, with the plugin's import lines and licence
     paths = {
         template: _in_package(kind.name, plan, out)
         for template, out in kind.templates(plan, Layout.STANDALONE).items()
@@ -106,8 +106,7 @@ def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, temp
         "registration_module": "._registration",
         "layer_import": f"{package}.layer",
     }
-    first_party = (package,)
-    files = render_files(paths, context, read_existing=changeset.read, first_party=first_party, templates=templates)
+    files = render_files(paths, context, read_existing=changeset.read, first_party=(package,), templates=templates)
     module = next(path for path in sorted(files) if path.startswith(f"{dist}/src/{package}/"))
     year = header_year(files[module])  # as render_files chose it
     assert year is not None
