@@ -126,7 +126,8 @@ def new(
         typer.Option(
             "--plugin",
             help="Write a pip-installable package DIR/peft-<name>/ that adds the method to stock PEFT from PyPI "
-            "when imported (see docs/plugin.md); DIR must be empty unless --force.",
+            "when imported (a kind: lora_layer spec: DIR/peft-lora-<name>/, which adds the layer type to LoRA; "
+            "see docs/plugin.md); DIR must be empty unless --force.",
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change as a diff; write nothing.")] = False,

@@ -1,12 +1,13 @@
 """`new SPEC --plugin OUTDIR`: the method as a pip-installable package for stock PEFT from PyPI.
 
-    spec -> plan -> the tuner's files (the standalone rendering, with the plugin's import lines)
+    spec -> plan -> the kind's files (the standalone rendering, with the plugin's import lines)
          + templates/plugin/ (cookiecutter: pyproject.toml, README, LICENSE, `_registration.py`, its tests)
-         -> OUTDIR/peft-<name>/, staged as one change set
+         -> OUTDIR/peft-<name>/ (tuner) or OUTDIR/peft-lora-<name>/ (lora_layer), staged as one change set
 
-Importing the package runs `_registration.py`, which adds the method to the installed PEFT (the `PeftType`
-member, `register_peft_method`, the target-module mapping) after checking that PEFT's version is one the
-package declares and was tested with (`PEFT_REQUIREMENT`; tests/test_plugin_install.py runs each).
+Importing the package runs `_registration.py`, after checking that PEFT's version is one the package declares and
+was tested with (`PEFT_REQUIREMENT`; tests/test_plugin_install.py runs each). For a tuner it adds the method to the
+installed PEFT (the `PeftType` member, `register_peft_method`, the target-module mapping); for a LoRA layer it
+maps the base layer type to the layer class in LoRA's custom-module dispatch of every `LoraConfig`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import importlib.metadata
 import importlib.util
 import json
 import re
+import subprocess
 import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from scaffold.changeset import ChangeSet
-from scaffold.errors import ScaffoldError
+from scaffold.errors import FAILURE, ScaffoldError
 from scaffold.plan import MethodPlan
 from scaffold.render.files import Layout, header_year, render_files
-from scaffold.render.format import format_sources, ruff_config
+from scaffold.render.format import format_sources, ruff_binary, ruff_config
 from scaffold.render.templates import environment, template_dir
 
 
@@ -43,12 +45,17 @@ _USAGE_LAYERS = {
 }
 
 
-def distribution_name(name: str) -> str:
-    return "peft-" + name.replace("_", "-")
+# the kinds a plugin packages; the rest are refused in `generate_plugin`
+KINDS = ("tuner", "lora_layer")
 
 
-def package_name(name: str) -> str:
-    return f"peft_{name}"
+def distribution_name(name: str, kind: str = "tuner") -> str:
+    """`peft-<name>`; a LoRA layer's is `peft-lora-<name>`, after its module `lora_<name>` (`new --out`)."""
+    return "peft-" + ("lora-" if kind == "lora_layer" else "") + name.replace("_", "-")
+
+
+def package_name(name: str, kind: str = "tuner") -> str:
+    return distribution_name(name, kind).replace("-", "_")
 
 
 def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, templates: Path | None = None) -> Any:
@@ -64,14 +71,15 @@ def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, temp
             "a lora_variant changes PEFT's own LoraConfig and LoRA layers, which a plugin for stock PEFT cannot do "
             "cleanly; generate it into a PEFT source tree with --peft-root",
         )
-    if kind.name != "tuner":
+    if kind.name not in KINDS:
         raise ScaffoldError(
             f"{spec_path}: kind",
-            f"--plugin packages `kind: tuner` specs only; for `{kind.name}`, `new --out DIR` writes a module for "
-            "stock PEFT (see docs/plugin.md)",
+            f"--plugin packages `kind: tuner` and `kind: lora_layer` specs; for `{kind.name}`, `new --out DIR` "
+            "writes files for stock PEFT (see docs/plugin.md)",
         )
-    plan: MethodPlan = kind.plan(spec, str(spec_path), None)
-    dist, package = distribution_name(plan.name), package_name(plan.name)
+    plan = kind.plan(spec, str(spec_path), None)
+    dist, package = distribution_name(plan.name, kind.name), package_name(plan.name, kind.name)
+    license = getattr(spec, "license", "Apache-2.0")  # a lora_layer spec has no `license`: PEFT's
     check_name_is_free(dist, package, where=f"{spec_path}: name")
     if out_dir.exists() and not out_dir.is_dir():
         raise ScaffoldError(str(out_dir), "exists and is not a directory")
@@ -79,24 +87,34 @@ def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, temp
         raise ScaffoldError(str(out_dir), f"exists and is not empty; pass --force to replace {dist}/ in it")
 
     changeset = ChangeSet(out_dir)
-    # the tuner kind's own templates and variables for `--out`, with the plugin's import lines and licence
-    paths = {template: _in_package(plan, out) for template, out in kind.templates(plan, Layout.STANDALONE).items()}
+    # the kind's own templates and variables for `--out`, with the plugin's import lines and licence
+    paths = {
+        template: _in_package(kind.name, plan, out)
+        for template, out in kind.templates(plan, Layout.STANDALONE).items()
+    }
     holder = f"the {dist} authors"
     context = {
         **kind.context(plan, Layout.STANDALONE),
         "p": plan,
         "spec_file": spec_path.name,
         "layout": Layout.STANDALONE.value,
+        "copyright_holder": holder,
+        "license": license,
+        # the import lines: the only differences from `new --out`
         "package_import": package,
         "public_import": package,
         "registration_module": "._registration",
-        "copyright_holder": holder,
-        "license": spec.license,
+        "layer_import": f"{package}.layer",
     }
     files = render_files(paths, context, read_existing=changeset.read, first_party=(package,), templates=templates)
-    year = header_year(files[f"{dist}/src/{package}/__init__.py"])  # as render_files chose it
+    module = next(path for path in sorted(files) if path.startswith(f"{dist}/src/{package}/"))
+    year = header_year(files[module])  # as render_files chose it
     assert year is not None
-    files.update(_package_files(plan, spec_file=spec_path.name, license=spec.license, holder=holder, year=year))
+    names = {"dist": dist, "package": package, "spec_file": spec_path.name, "license": license, "holder": holder}
+    if kind.name == "lora_layer":
+        files.update(_package_files(_lora_layer_context(plan, **names), year=year))
+    else:
+        files.update(_package_files(_tuner_context(plan, **names), year=year))
 
     source = out_dir / dist / "src" / package
     if source.is_dir():  # --force: a module an earlier generation had and this one has not would still be imported
@@ -106,59 +124,120 @@ def generate_plugin(spec_path: Path, out_dir: Path, *, force: bool = False, temp
                 changeset.delete(rel)
     for relpath, text in sorted(files.items()):
         changeset.write(relpath, text)
-    notes = [
-        f"install: pip install {out_dir / dist}",
-        f"use: import {package} (adds PeftType.{plan.peft_type} to peft{PEFT_REQUIREMENT}), then {plan.config_cls}",
-    ]
+    if kind.name == "lora_layer":
+        use = f"use: import {package} (LoRA on {plan.base_path} with peft{PEFT_REQUIREMENT}), then LoraConfig"
+    else:
+        use = (
+            f"use: import {package} (adds PeftType.{plan.peft_type} to peft{PEFT_REQUIREMENT}), then {plan.config_cls}"
+        )
+    notes = [f"install: pip install {out_dir / dist}", use]
     headline = f"{dist}, package {package}"
     return Generation(kind.name, plan.name, plan.title, headline, changeset, plan, files, paths, notes)
 
 
-def _in_package(plan: MethodPlan, relpath: str) -> str:
-    """A standalone output path (`<name>/x.py`, `tests/...`, `examples/...`) in the plugin's src layout."""
+def _in_package(kind: str, plan: Any, relpath: str) -> str:
+    """A standalone output path (`<name>/x.py` or a LoRA layer's `lora_<name>.py`, `tests/...`, `examples/...`) in
+    the plugin's src layout; the LoRA layer's module becomes `<package>/layer.py`."""
+    dist, package = distribution_name(plan.name, kind), package_name(plan.name, kind)
+    if kind == "lora_layer" and relpath == f"{plan.standalone_module}.py":
+        return f"{dist}/src/{package}/layer.py"
     top, _, rest = relpath.partition("/")
-    dist, package = distribution_name(plan.name), package_name(plan.name)
-    return f"{dist}/src/{package}/{rest}" if top == plan.name else f"{dist}/{relpath}"
+    return f"{dist}/src/{package}/{rest}" if kind == "tuner" and top == plan.name else f"{dist}/{relpath}"
 
 
-def _package_files(plan: MethodPlan, *, spec_file: str, license: str, holder: str, year: int) -> dict[str, str]:
+def _package_files(context: dict[str, str], *, year: int) -> dict[str, str]:
     """The packaging around the adapter code (templates/plugin/, cookiecutter), keyed by path relative to OUTDIR."""
-    dist, package = distribution_name(plan.name), package_name(plan.name)
     header = (
         environment()
         .get_template("_header.j2")
-        .render(year=year, spec_file=spec_file, copyright_holder=holder, license=license)
+        .render(
+            year=year,
+            spec_file=context["spec_file"],
+            copyright_holder=context["copyright_holder"],
+            license=context["license"],
+        )
     )
     context = {
-        "name": plan.name,
-        "dist_name": dist,
-        "package": package,
-        "title": plan.title,
-        "summary": textwrap.fill(" ".join(plan.spec.summary.split()), 115),
-        "peft_type": plan.peft_type,
-        "config_cls": plan.config_cls,
-        "model_cls": plan.model_cls,
-        "layer_cls": plan.layer_cls,
-        "prefix": plan.prefix,
-        "license": license,
-        "copyright_holder": holder,
+        **context,
         "year": str(year),
         "header": header.rstrip("\n"),
-        "spec_file": spec_file,
         "peft_requirement": PEFT_REQUIREMENT,
         "peft_min": PEFT_MIN,
         "peft_max": PEFT_BELOW,
         "peft_tested": ", ".join(PEFT_TESTED),
         "peft_too_old": PEFT_TOO_OLD,
-        "llama_targets": json.dumps(_llama_targets(plan)).replace("null", "None"),  # a Python literal
-        "example_file": f"{plan.name}_example.py",
         "ruff_version": importlib.metadata.version("ruff"),  # the one that formatted the code
-        **_usage_layer(plan),
     }
+    dist, package = context["dist_name"], context["package"]
     files = _cookiecutter(context)
     files.update(format_sources({k: v for k, v in files.items() if k.endswith(".py")}, first_party=(package,)))
+    files["README.md"] = _format_markdown(files["README.md"], first_party=(package,))
     files["ruff.toml"] = f"# PEFT's own ruff settings, with this package first-party\n{ruff_config((package,))}"
     return {f"{dist}/{relpath}": text for relpath, text in files.items()}
+
+
+def _format_markdown(text: str, *, first_party: tuple[str, ...]) -> str:
+    """The README's code blocks formatted as the package's `ruff format .` checks them (the spec's example layer
+    and input, printed from its literals, come with single quotes)."""
+    with tempfile.TemporaryDirectory(prefix="peft-scaffold-plugin-") as tmp:
+        config = Path(tmp) / "ruff.toml"
+        config.write_text(ruff_config(first_party))
+        proc = subprocess.run(
+            [ruff_binary(), "format", "--no-cache", "--config", str(config), "--stdin-filename", "README.md", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise ScaffoldError("ruff", f"could not format the plugin's README.md: {proc.stderr.strip()}", FAILURE)
+    return proc.stdout
+
+
+def _common_context(
+    plan: Any, *, dist: str, package: str, spec_file: str, license: str, holder: str
+) -> dict[str, str]:
+    return {
+        "name": plan.name,
+        "dist_name": dist,
+        "package": package,
+        "title": plan.title,
+        "summary": textwrap.fill(" ".join(plan.spec.summary.split()), 115),
+        "license": license,
+        "copyright_holder": holder,
+        "spec_file": spec_file,
+    }
+
+
+def _lora_layer_context(plan: Any, **names: str) -> dict[str, str]:
+    """templates/plugin/'s variables for a `kind: lora_layer` plan (a `LoraLayerPlan`)."""
+    return {
+        **_common_context(plan, **names),
+        "kind": "lora_layer",
+        "layer_cls": plan.class_name,
+        "base_layer": plan.base_path,
+        "base_import": plan.base_import or "",
+        "config_cls": "LoraConfig",
+        "example_file": f"{plan.standalone_module}_example.py",
+        "usage_model": plan.example_layer,
+        "usage_input": plan.example_input,
+    }
+
+
+def _tuner_context(plan: MethodPlan, **names: str) -> dict[str, str]:
+    """templates/plugin/'s variables for a `kind: tuner` plan."""
+    return {
+        **_common_context(plan, **names),
+        "kind": "tuner",
+        "peft_type": plan.peft_type,
+        "config_cls": plan.config_cls,
+        "model_cls": plan.model_cls,
+        "layer_cls": plan.layer_cls,
+        "prefix": plan.prefix,
+        "llama_targets": json.dumps(_llama_targets(plan)).replace("null", "None"),  # a Python literal
+        "example_file": f"{plan.name}_example.py",
+        **_usage_layer(plan),
+    }
 
 
 def _llama_targets(plan: MethodPlan) -> list[str] | None:
@@ -195,11 +274,13 @@ def _cookiecutter(context: dict[str, str]) -> dict[str, str]:
                 config_file=str(config),
             )
         )
-        return {
+        files = {
             path.relative_to(project).as_posix(): path.read_text(encoding="utf-8")
             for path in sorted(project.rglob("*"))
             if path.is_file()
         }
+    # a file only one kind has renders empty for the others (its text is in `{% if cookiecutter.kind == ... %}`)
+    return {path: text for path, text in files.items() if text.strip()}
 
 
 def check_name_is_free(dist: str, package: str, *, where: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from scaffold.render.format import ruff_binary
 
 REPO = Path(__file__).resolve().parent.parent
 LORA = REPO / "reference_methods" / "lora.yaml"
+CONV_TRANSPOSE = REPO / "reference_methods" / "lora_convtranspose2d.yaml"
 runner = CliRunner()
 
 
@@ -126,9 +129,10 @@ TUNER_SPECS = [
     for path in sorted([*(REPO / "reference_methods").glob("*.yaml"), *(REPO / "tests" / "specs").glob("*.yaml")])
     if "\nkind:" not in path.read_text()
 ]
+LORA_LAYER_SPECS = [CONV_TRANSPOSE, *sorted((REPO / "tests" / "specs" / "lora_layer").glob("*.yaml"))]
 
 
-@pytest.mark.parametrize("spec", TUNER_SPECS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("spec", TUNER_SPECS + LORA_LAYER_SPECS, ids=lambda p: p.stem)
 def test_plugin_is_ruff_clean_with_its_own_settings(spec, tmp_path):
     result = _new_plugin(spec, tmp_path)
     assert result.exit_code == 0, result.output
@@ -214,11 +218,138 @@ def test_lora_variant_is_refused_with_a_pointer_to_peft_root(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_lora_layer_is_refused_with_a_pointer_to_out(tmp_path):
-    result = _new_plugin(REPO / "reference_methods" / "lora_convtranspose2d.yaml", tmp_path / "out")
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and "lora_layer" in result.output and "--out DIR" in result.output
-    assert not (tmp_path / "out").exists()
+@pytest.fixture(scope="module")
+def layer_plugin(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("layer-plugin")
+    result = _new_plugin(CONV_TRANSPOSE, out)
+    assert result.exit_code == 0, result.output
+    return out / "peft-lora-convtranspose2d"
+
+
+def test_lora_layer_plugin_layout(layer_plugin):
+    files = _files(layer_plugin)
+    assert sorted(files) == [
+        "LICENSE",
+        "README.md",
+        "examples/lora_convtranspose2d_example.py",
+        "pyproject.toml",
+        "ruff.toml",
+        "src/peft_lora_convtranspose2d/__init__.py",
+        "src/peft_lora_convtranspose2d/_registration.py",
+        "src/peft_lora_convtranspose2d/layer.py",
+        "tests/test_dispatch.py",
+        "tests/test_lora_convtranspose2d.py",
+    ]
+    for rel, text in files.items():
+        if rel.endswith(".py"):
+            ast.parse(text, filename=rel)
+        assert "{{" not in text and "cookiecutter" not in text, rel
+        assert "PeftType" not in text and "register_peft_method" not in text, rel  # nothing of the tuner's
+    project = _toml(layer_plugin / "pyproject.toml")["project"]
+    assert project["name"] == "peft-lora-convtranspose2d" and f"peft{PEFT_REQUIREMENT}" in project["dependencies"]
+    assert "pip install ." in files["README.md"] and "import peft_lora_convtranspose2d" in files["README.md"]
+    # the version check comes first: `_registration` is the package's first import of its own
+    tree = ast.parse(files["src/peft_lora_convtranspose2d/__init__.py"])
+    imports = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert [(node.module, node.level) for node in imports] == [("_registration", 1), ("layer", 1)]
+    assert ast.unparse(tree.body[-1]) == "register_custom_module(torch.nn.ConvTranspose2d, ConvTranspose2d)"
+
+
+def test_lora_layer_plugin_code_is_new_out_s_with_only_the_import_line_changed(layer_plugin, tmp_path):
+    assert runner.invoke(app, ["new", str(CONV_TRANSPOSE), "--out", str(tmp_path)]).exit_code == 0
+    pairs = [
+        ("lora_convtranspose2d.py", "src/peft_lora_convtranspose2d/layer.py"),
+        ("tests/test_lora_convtranspose2d.py", "tests/test_lora_convtranspose2d.py"),
+        ("examples/lora_convtranspose2d_example.py", "examples/lora_convtranspose2d_example.py"),
+    ]
+    for standalone, packaged in pairs:
+        # the code without the module docstring (which says how to import the layer): only import lines differ
+        before, after = (_code_without_docstring(path) for path in (tmp_path / standalone, layer_plugin / packaged))
+        changed = [
+            line[1:]
+            for line in difflib.unified_diff(before, after, lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        expected = [] if packaged.startswith("src/") else ["from lora_convtranspose2d import ConvTranspose2d"]
+        assert [line for line in changed if line.startswith("from lora_")] == expected, packaged
+        assert all(line.startswith(("from lora_", "from peft_lora_")) for line in changed), (packaged, changed)
+    tests = (layer_plugin / "tests/test_lora_convtranspose2d.py").read_text()
+    assert "from peft_lora_convtranspose2d.layer import ConvTranspose2d\n" in tests
+
+
+def _code_without_docstring(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    if ast.get_docstring(tree) is not None:
+        tree.body = tree.body[1:]
+    return ast.unparse(tree).splitlines()
+
+
+_LAYER_CHECK = """
+import importlib, torch, peft_lora_convtranspose2d as plugin
+from peft import LoraConfig, get_peft_model
+importlib.reload(plugin)  # imported twice: no error, still one mapping
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)
+    def forward(self, x):
+        return self.up(x)
+torch.manual_seed(0)
+base = Model().eval()
+x = torch.randn(2, 4, 5, 5)
+with torch.no_grad():
+    expected = base(x).clone()
+    weight = base.up.weight.detach().clone()
+    config = LoraConfig(target_modules=["up"], init_lora_weights=False)  # no _register_custom_module call
+    model = get_peft_model(base, config).eval()
+    layer = model.base_model.model.up
+    assert type(layer) is plugin.ConvTranspose2d, type(layer)
+    out = model(x)
+    assert (out - expected).abs().max() > 1e-3
+    model.merge_adapter()
+    assert (layer.get_base_layer().weight - weight).abs().max() > 1e-4
+    assert torch.allclose(model(x), out, atol=1e-5)
+    model.unmerge_adapter()
+    assert torch.allclose(layer.get_base_layer().weight, weight, atol=1e-6)
+    with model.disable_adapter():
+        assert torch.allclose(model(x), expected, atol=1e-6)
+print("ok")
+"""
+
+
+def test_lora_layer_plugin_registers_with_the_installed_peft(layer_plugin, tmp_path):
+    """The package on stock peft (this environment's), from its src/: a plain LoraConfig dispatches
+    ConvTranspose2d to its layer; then its own tests (the kind's generated ones and test_dispatch.py) and its
+    README's usage."""
+    env = {**os.environ, "PYTHONPATH": str(layer_plugin / "src")}
+    check = subprocess.run(
+        [sys.executable, "-c", _LAYER_CHECK], capture_output=True, text=True, env=env, check=False, timeout=300
+    )
+    assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-rA", "tests"],
+        cwd=layer_plugin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    usage = (layer_plugin / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "usage.py").write_text(usage)
+    proc = subprocess.run(
+        [sys.executable, "usage.py"], cwd=tmp_path, capture_output=True, text=True, env=env, check=False, timeout=300
+    )
+    assert proc.returncode == 0 and "trainable params" in proc.stdout, proc.stderr[-3000:]
+    for name in (
+        "test_lora_convtranspose2d.py::test_forward_equals_base_with_the_delta_applied",
+        "test_lora_convtranspose2d.py::test_merge_and_unmerge_are_exact",
+        "test_dispatch.py::test_a_saved_adapter_loads_without_registering_again",
+        "test_dispatch.py::test_importing_again_is_harmless",
+        "test_dispatch.py::test_import_refuses_an_unsupported_peft",
+    ):
+        assert f"PASSED tests/{name}" in run.stdout, name
 
 
 def test_name_clashing_with_an_importable_package_is_refused(tmp_path, monkeypatch):

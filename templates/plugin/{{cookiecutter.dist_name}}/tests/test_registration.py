@@ -1,3 +1,4 @@
+{% if cookiecutter.kind == "tuner" %}
 {{ cookiecutter.header }}
 """How `{{ cookiecutter.package }}` plugs into the installed PEFT: the `PeftType` member, the registries, the version check, and
 the whole life of an adapter (train, save, load, merge) through PEFT's own entry points on a tiny Llama."""
@@ -171,3 +172,4 @@ def test_train_save_load_merge(tmp_path, capsys):
         merged = loaded.merge_and_unload()
         assert not any(isinstance(m, {{ cookiecutter.layer_cls }}) for m in merged.modules())
         torch.testing.assert_close(merged(input_ids=input_ids).logits, logits, atol=1e-4, rtol=1e-4)
+{% endif %}

@@ -1,4 +1,5 @@
 {{ cookiecutter.header }}
+{% if cookiecutter.kind == "tuner" %}
 """Adds {{ cookiecutter.title }} to the installed PEFT, which knows nothing of it, when `{{ cookiecutter.package }}` is imported.
 
 An in-tree PEFT method is known through three registries, which a plugin fills at run time instead:
@@ -14,8 +15,28 @@ PEFT's internals are touched. Registering again (the package re-imported or relo
 own entries; a method of the same name from anywhere else is refused.
 """
 
+{% else %}
+"""Adds `{{ cookiecutter.layer_cls }}` to LoRA's custom-module dispatch of the installed PEFT when `{{ cookiecutter.package }}` is imported.
+
+PEFT's LoRA creates a layer for a module type it does not know through `LoraConfig._register_custom_module`
+(experimental), a mapping from base layer type to LoRA layer class held by each config. `register_custom_module`
+makes every `LoraConfig` created from then on carry this package's mapping: the ones user code creates and the
+ones `LoraConfig.from_pretrained` and `PeftModel.from_pretrained` create, so that a saved adapter loads with no
+extra step. It does so by wrapping `LoraConfig.__post_init__` once per process; the mapping is shared by every
+package generated this way (one wrapper, one entry per base layer type).
+
+The mapping is not part of PEFT's public API, so only the PEFT versions this was tested against are accepted
+(`PEFT_REQUIREMENT`, as in pyproject.toml); any other is refused when this module is imported, before any of
+PEFT's internals are touched. Registering again (the package re-imported or reloaded) replaces this package's
+own entry; another layer class for the same base layer type is refused.
+"""
+
+{% endif %}
 from __future__ import annotations
 
+{% if cookiecutter.kind == "lora_layer" %}
+import functools
+{% endif %}
 import importlib.metadata
 from typing import Any
 
@@ -41,6 +62,7 @@ def check_peft_version(installed: str | None = None) -> str:
     return installed
 
 
+{% if cookiecutter.kind == "tuner" %}
 def add_peft_type(value: str) -> Any:
     """The `PeftType` member `value`, added to PEFT's enum when it is not there yet.
 
@@ -122,6 +144,46 @@ def _publish_target_modules(peft_type: str, model_cls: type) -> None:
         setattr(module, constant, mapping)
 
 
+{% else %}
+# the `LoraConfig` attribute holding the process-wide mapping (base layer type -> LoRA layer class)
+_REGISTRY = "_peft_scaffold_custom_modules"
+
+
+def register_custom_module(base_layer_cls: type, layer_cls: type) -> None:
+    """Map `base_layer_cls` to `layer_cls` in every `LoraConfig` created from now on, as
+    `config._register_custom_module({base_layer_cls: layer_cls})` does for one. Safe to run again for the same class."""
+    from peft import LoraConfig
+
+    registry = _custom_modules(LoraConfig)
+    registered = registry.get(base_layer_cls)
+    if registered is not None and _qualified_name(registered) != _qualified_name(layer_cls):
+        raise RuntimeError(
+            f"{DISTRIBUTION}: LoRA already maps {_qualified_name(base_layer_cls)} to {_qualified_name(registered)}"
+        )
+    # this package imported again: its class replaces the earlier one
+    registry[base_layer_cls] = layer_cls
+
+
+def _custom_modules(config_cls: Any) -> dict[type, type]:
+    """The process-wide mapping, created with the `__post_init__` wrapper that gives it to each new config."""
+    registry = config_cls.__dict__.get(_REGISTRY)
+    if registry is not None:
+        return registry
+    registry = {}
+    post_init = config_cls.__post_init__
+
+    @functools.wraps(post_init)
+    def __post_init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        post_init(self, *args, **kwargs)
+        if registry:
+            self._register_custom_module(dict(registry))
+
+    config_cls.__post_init__ = __post_init__
+    setattr(config_cls, _REGISTRY, registry)
+    return registry
+
+
+{% endif %}
 def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
