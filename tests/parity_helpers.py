@@ -217,6 +217,30 @@ def merge_round_trip(
     return out
 
 
+def merge_unload_checks(
+    peft_model: Any,
+    gen_model: Any,
+    peft_layer: Any,
+    gen_layer: Any,
+    x: Any,
+    base_weight: Any,
+    base_out: Any,
+    gen_layer_cls: type,
+) -> dict[str, float]:
+    """The checks every parity case ends with (under `torch.no_grad()`): the merge round trip, the unmerged and the
+    disabled forward, and `merge_and_unload` (which must leave no generated layer behind)."""
+    out = merge_round_trip(peft_model, gen_model, peft_layer, gen_layer, x, base_weight)
+    out["unmerged_forward"] = max_abs_diff(gen_model(x), peft_model(x))
+    with gen_model.disable_adapter():
+        out["disabled_forward"] = max_abs_diff(gen_model(x), base_out)
+    peft_unloaded = peft_model.merge_and_unload()
+    gen_unloaded = gen_model.merge_and_unload()
+    if any(isinstance(m, gen_layer_cls) for m in gen_unloaded.modules()):
+        raise AssertionError(f"merge_and_unload left {gen_layer_cls.__name__} layers in the model")
+    out["merge_and_unload"] = max_abs_diff(gen_unloaded(x), peft_unloaded(x))
+    return out
+
+
 def make_case(layer_type: str) -> tuple[Any, Any, bool]:
     """(base layer, input, fan_in_fan_out) for a layer type; call under a fixed seed."""
     import torch
@@ -343,17 +367,9 @@ def _run_case(layer_type: str, variant: str) -> dict[str, float]:
             names = names[: len(x)]
             out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), peft_model(x, adapter_names=names))
 
-        out.update(merge_round_trip(peft_model, gen_model, peft_layer, gen_layer, x, base_weight))
-        out["unmerged_forward"] = max_abs_diff(gen_model(x), peft_model(x))
-
-        with gen_model.disable_adapter():
-            out["disabled_forward"] = max_abs_diff(gen_model(x), base_out)
-
-        peft_unloaded = peft_model.merge_and_unload()
-        gen_unloaded = gen_model.merge_and_unload()
-        if any(isinstance(m, RefLoraLayer) for m in gen_unloaded.modules()):
-            raise AssertionError("merge_and_unload left RefLoRA layers in the model")
-        out["merge_and_unload"] = max_abs_diff(gen_unloaded(x), peft_unloaded(x))
+        out.update(
+            merge_unload_checks(peft_model, gen_model, peft_layer, gen_layer, x, base_weight, base_out, RefLoraLayer)
+        )
     return out
 
 

@@ -172,7 +172,7 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
     import peft
     import torch
 
-    from tests.parity_helpers import make_case, max_abs_diff, merge_round_trip, one_layer_net, only_tuner_layer
+    from tests.parity_helpers import make_case, max_abs_diff, merge_unload_checks, one_layer_net, only_tuner_layer
 
     method = METHODS[method_name]
     peft_config_cls = getattr(peft, method["peft_config"])
@@ -257,17 +257,9 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
             peft_model.base_model.set_adapter(adapter_names)
             out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), expected)
 
-        out.update(merge_round_trip(peft_model, gen_model, peft_layer, gen_layer, x, base_weight))
-        out["unmerged_forward"] = max_abs_diff(gen_model(x), peft_model(x))
-
-        with gen_model.disable_adapter():
-            out["disabled_forward"] = max_abs_diff(gen_model(x), base_out)
-
-        peft_unloaded = peft_model.merge_and_unload()
-        gen_unloaded = gen_model.merge_and_unload()
-        if any(isinstance(m, gen_layer_cls) for m in gen_unloaded.modules()):
-            raise AssertionError("merge_and_unload left generated layers in the model")
-        out["merge_and_unload"] = max_abs_diff(gen_unloaded(x), peft_unloaded(x))
+        out.update(
+            merge_unload_checks(peft_model, gen_model, peft_layer, gen_layer, x, base_weight, base_out, gen_layer_cls)
+        )
     return out
 
 
