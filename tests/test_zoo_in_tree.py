@@ -22,7 +22,15 @@ from scaffold.verify import lint_generated, run_pytest
 
 
 REPO = Path(__file__).resolve().parent.parent
-SPECS = [REPO / "reference_methods" / "loha.yaml", REPO / "reference_methods" / "lokr.yaml"]
+SPECS = [
+    REPO / "reference_methods" / "loha.yaml",
+    REPO / "reference_methods" / "lokr.yaml",
+    REPO / "reference_methods" / "delora.yaml",
+    REPO / "reference_methods" / "fourierft.yaml",
+    # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
+    REPO / "tests" / "specs" / "sparsemask.yaml",
+    REPO / "tests" / "specs" / "svdbasis.yaml",
+]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
 

@@ -31,24 +31,30 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             # PEFT's matrix expects identity init here (test_disable_adapters compares with the base model);
             # non-trivial adapters are exercised by the multi-adapter cases below, as PEFT does.
             cases.append((f"Vanilla {label} {title}", model_id, dict(kwargs)))
+    # the Linear rows' extra kwargs hold for every row on the MLP (a size that must fit the MLP's layers, say)
+    mlp = plan.spec.peft_test_kwargs.get("Linear", {})
     if "Linear" in plan.spec.layers:
         cases.append(
-            (f"MLP {title} modules_to_save", "MLP", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})
+            (
+                f"MLP {title} modules_to_save",
+                "MLP",
+                {"target_modules": ["lin0"], "modules_to_save": ["lin1"], **mlp},
+            )
         )
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if "Linear" in plan.spec.layers:
         multi.append(
             (
                 f"{title} Same",
-                {"target_modules": ["lin0"], "init_weights": False},
-                {"target_modules": ["lin0"], "init_weights": False},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
             )
         )
         multi.append(
             (
                 f"{title} Different",
-                {"target_modules": ["lin0"], "init_weights": False},
-                {"target_modules": ["lin1"], "init_weights": False},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
+                {"target_modules": ["lin1"], "init_weights": False, **mlp},
             )
         )
     return MethodRegistration(

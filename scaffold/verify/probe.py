@@ -133,6 +133,7 @@ class _MethodProbe:
         self.config_cls = getattr(module, self.plan.config_cls)
         self.layer_cls = getattr(module, self.plan.layer_cls)
         self.oracle: Any = None
+        self.layer_type = ""
         self.oracle_error = ""
         try:
             from scaffold.verify.oracle import Oracle, OracleUnsupported
@@ -147,6 +148,9 @@ class _MethodProbe:
     # -- models ---------------------------------------------------------------------------------------------------
     def config(self, init_weights: bool, fan_in_fan_out: bool) -> Any:
         kwargs: dict[str, Any] = {"target_modules": ["layer"], "init_weights": init_weights}
+        # the spec's kwargs for PEFT's test rows of this layer type make it fit tiny layers (FourierFT's default
+        # n_frequency of 1000 does not)
+        kwargs.update(self.spec.peft_test_kwargs.get(self.layer_type, {}))
         if fan_in_fan_out:
             kwargs["fan_in_fan_out"] = True
         return self.config_cls(**kwargs)
@@ -183,6 +187,7 @@ class _MethodProbe:
         import torch
 
         results: dict[str, dict[str, Any]] = {}
+        self.layer_type = layer_type
 
         def record(check: str, run: Callable[[], tuple[float | None, bool, str]]) -> None:
             torch.manual_seed(seed + 7)
@@ -324,6 +329,11 @@ class _MethodProbe:
         @torch.no_grad()
         def delta() -> tuple[float, bool, str]:
             _, layer, values = model(1)
+            # index buffers an init expression computes must be exactly the oracle's (float ones are checked
+            # through the delta: an SVD's signs, say, may differ without changing it)
+            for name, value in oracle.computed_weights(reference, values[0]).items():
+                if not value.is_floating_point() and not torch.equal(values[0].weights[name].cpu(), value):
+                    return math.nan, False, f"index buffer `{name}` differs from the oracle's"
             expected = oracle.delta_weight(reference, values[0])
             if not expected.abs().max().item() > 1e-4:  # a zero update would make every comparison vacuous
                 return 0.0, False, "the random init (init_weights=False) gives a zero delta: nothing to compare"
