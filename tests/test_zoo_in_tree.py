@@ -27,6 +27,7 @@ SPECS = [
     REPO / "reference_methods" / "lokr.yaml",
     REPO / "reference_methods" / "delora.yaml",
     REPO / "reference_methods" / "fourierft.yaml",
+    REPO / "reference_methods" / "c3a.yaml",
     # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
     REPO / "tests" / "specs" / "sparsemask.yaml",
     REPO / "tests" / "specs" / "svdbasis.yaml",

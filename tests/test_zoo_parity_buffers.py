@@ -1,10 +1,11 @@
-"""The reference specs with computed buffers are numerically PEFT's own DeLoRA and FourierFT.
+"""The reference specs with computed buffers and FFTs are numerically PEFT's own DeLoRA, FourierFT and C3A.
 
-`reference_methods/delora.yaml` (generated as `refdelora`) and `reference_methods/fourierft.yaml` (`reffourierft`)
-are generated and registered into one PEFT 0.21.2 tree. This file is also the script run there (one subprocess with
-`PYTHONPATH=TREE/src`): on tiny one-layer models (DeLoRA: nn.Linear; FourierFT: nn.Linear and transformers' Conv1D,
-the layer types PEFT's methods support) it puts PEFT's method (`init_weights=False`) on one copy and the generated
-one on another and copies PEFT's trainable weights across. The buffers are NOT copied: the generated layer computes
+`reference_methods/delora.yaml` (generated as `refdelora`), `reference_methods/fourierft.yaml` (`reffourierft`) and
+`reference_methods/c3a.yaml` (`refc3a`, a block-circulant update built with FFTs, no buffers) are generated and
+registered into one PEFT 0.21.2 tree. This file is also the script run there (one subprocess with
+`PYTHONPATH=TREE/src`): on tiny one-layer models (DeLoRA and C3A: nn.Linear; FourierFT: nn.Linear and transformers'
+Conv1D; the layer types PEFT's methods support) it puts PEFT's method (`init_weights=False`) on one copy and the
+generated one on another and copies PEFT's trainable weights across. The buffers are NOT copied: the generated layer computes
 them itself from its init expressions (DeLoRA's column norms of the base weight, FourierFT's seeded frequency
 indices), and they must equal PEFT's. It reports max absolute differences as JSON: the buffers, forward, gradients,
 merged and unmerged weights, merge_and_unload, disabled adapters, two adapters active at once, a mixed-adapter batch.
@@ -24,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECS = {
     "delora": REPO_ROOT / "reference_methods" / "delora.yaml",
     "fourierft": REPO_ROOT / "reference_methods" / "fourierft.yaml",
+    "c3a": REPO_ROOT / "reference_methods" / "c3a.yaml",
 }
 JSON_MARKER = "ZOO_PARITY_BUFFERS_JSON: "
 TOLERANCE = 1e-5
@@ -67,6 +69,26 @@ METHODS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+METHODS["c3a"] = {
+    "layers": ("Linear",),
+    "peft_config": "C3AConfig",
+    "peft_layer": ("peft.tuners.c3a.layer", "C3ALayer"),
+    "gen_package": "peft.tuners.refc3a",
+    "gen_config": "RefC3AConfig",
+    "gen_layer": "RefC3ALayer",
+    "gen_model": "RefC3AModel",
+    "weights": {"c3a_kernel": "refc3a_kernel"},
+    "buffers": {},
+    "scalars": {"block_size": "refc3a_block_size"},
+    # block sizes dividing the case's Linear(10, 12)
+    "single": [("default", {"block_size": 2})],
+    "multi": [("default", {"block_size": 2}), ("other", {"block_size": 1})],
+    # PEFT's C3A forward feeds each active adapter the previous adapter's output (it reassigns `x`), so with two
+    # active adapters its unmerged forward is not the sum of their updates (and fails for different block sizes).
+    # The multi case therefore runs with one adapter active, and checks the generated forward with both active
+    # against PEFT's layer with both merged (its merge is right): `both_active`.
+    "multi_active": False,
+}
 CASE_NAMES = tuple(
     f"{method}/{layer}/{variant}" for method in SPECS for layer in METHODS[method]["layers"] for variant in VARIANTS
 )
@@ -85,7 +107,9 @@ DIFF_KEYS = (
 )
 SINGLE_ONLY_DIFF_KEYS = ("grad",)
 MULTI_ONLY_DIFF_KEYS = ("mixed_batch",)
-EFFECT_KEYS = ("effect_forward", "effect_merged_weight", "effect_buffers")
+BOTH_ACTIVE_KEYS = ("both_active",)  # methods whose PEFT forward cannot run two active adapters
+EFFECT_KEYS = ("effect_forward", "effect_merged_weight")
+BUFFER_EFFECT_KEYS = ("effect_buffers",)  # for methods with buffers: PEFT's are not all zero
 SINGLE_ONLY_EFFECT_KEYS = ("effect_grad",)
 
 
@@ -118,7 +142,11 @@ def test_reference_spec_matches_peft(parity_report: dict[str, Any], case: str) -
 
     multi = case.endswith("/multi")
     expected = DIFF_KEYS + (MULTI_ONLY_DIFF_KEYS if multi else SINGLE_ONLY_DIFF_KEYS)
+    if multi and not METHODS[case.split("/")[0]].get("multi_active", True):
+        expected += BOTH_ACTIVE_KEYS
     effects = EFFECT_KEYS + (() if multi else SINGLE_ONLY_EFFECT_KEYS)
+    if METHODS[case.split("/")[0]]["buffers"]:
+        effects += BUFFER_EFFECT_KEYS
     missing = [key for key in expected + effects if key not in result]
     assert not missing, f"{case}: quantities not measured: {missing}"
 
@@ -194,7 +222,16 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
                 raise AssertionError(f"{peft_name}: PEFT {tuple(source.shape)} vs generated {tuple(target.shape)}")
             with torch.no_grad():
                 target.copy_(source)
-    if len(adapter_names) > 1:
+    if len(adapter_names) > 1 and not method.get("multi_active", True):
+        with torch.no_grad():
+            peft_model.base_model.set_adapter(adapter_names)
+            gen_model.base_model.set_adapter(adapter_names)
+            peft_model.merge_adapter()
+            expected = peft_model(x)
+            peft_model.unmerge_adapter()
+            out["both_active"] = max_abs_diff(gen_model(x), expected)
+        adapter_names = adapter_names[-1:]
+    if len(adapter_names) > 1 or variant == "multi":
         peft_model.base_model.set_adapter(adapter_names)
         gen_model.base_model.set_adapter(adapter_names)
 
@@ -224,7 +261,8 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
         if variant == "multi":
             # PEFT's DeLoRA and FourierFT have no mixed-batch forward: the expected rows come from PEFT's model with
             # each adapter set in turn
-            names = [*adapter_names, "__base__"] * (len(x) // (len(adapter_names) + 1) + 1)
+            loaded = [name for name, _ in adapters]
+            names = [*loaded, "__base__"] * (len(x) // (len(loaded) + 1) + 1)
             names = names[: len(x)]
             expected = torch.empty_like(peft_out)
             for name in set(names):

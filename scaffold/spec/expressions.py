@@ -24,7 +24,7 @@ TORCH_FUNCTIONS = frozenset(
         "norm", "ones", "ones_like", "outer", "prod", "reshape", "rsqrt", "sigmoid", "sign", "sin", "softmax",
         "sqrt", "square", "stack", "sum", "tanh", "transpose", "where", "zeros", "zeros_like",
         # index tensors: gather and scatter (issue #10)
-        "gather", "index_select", "scatter", "scatter_add", "take", "unravel_index", "argsort", "full",
+        "gather", "index_select", "scatter", "scatter_add", "sort", "take", "topk", "unravel_index", "argsort", "full",
     }
 )  # fmt: skip
 # Calls that create a float tensor from sizes: the generated code gives them the dtype and device of the adapter's
