@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,12 @@ def test_randperm_needs_a_seed_and_nothing_else():
     ok = copy.deepcopy(data)
     ok["weights"]["indices"]["init"]["expr"] = "torch.stack([randperm(2 * in_features, 7)[:n_frequency]] * 2)"
     assert "manual_seed(7)" in build_plan(MethodSpec.model_validate(ok)).computed_weights[0].init_expr
+
+
+def test_check_shows_computed_weights():
+    result = CliRunner().invoke(app, ["check", str(FOURIERFT), "--json"])
+    assert result.exit_code == 0, result.output
+    indices = json.loads(result.stdout)["weights"]["indices"]
+    assert indices["dtype"] == "long" and indices["persistent"] is False and indices["trainable"] is False
+    assert "torch.randperm(" in indices["computed"]
+    assert "computed" not in json.loads(result.stdout)["weights"]["spectrum"]

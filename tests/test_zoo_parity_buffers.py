@@ -45,6 +45,9 @@ METHODS: dict[str, dict[str, Any]] = {
         "weights": {"delora_A": "refdelora_A", "delora_B": "refdelora_B", "delora_lambda": "refdelora_lam"},
         # PEFT's buffers -> the generated layer's (computed by each, compared)
         "buffers": {"delora_w_norm": "refdelora_w_norm"},
+        # the buffer read from the base weight, for an adapter added while another is merged: the spec language's
+        # pre-merge weight (PEFT would take the merged one), checked against the norms of the original weight
+        "late_buffer": ("refdelora_w_norm", lambda weight: weight.norm(dim=0)),
         # per-adapter scalars that must agree
         "scalars": {"r": "refdelora_r"},
         "single": [("default", {"r": 4, "delora_lambda": 15})],
@@ -111,6 +114,7 @@ BOTH_ACTIVE_KEYS = ("both_active",)  # methods whose PEFT forward cannot run two
 EFFECT_KEYS = ("effect_forward", "effect_merged_weight")
 BUFFER_EFFECT_KEYS = ("effect_buffers",)  # for methods with buffers: PEFT's are not all zero
 SINGLE_ONLY_EFFECT_KEYS = ("effect_grad",)
+LATE_BUFFER_KEYS = ("late_buffer",)  # single variant of methods with a buffer read from the base weight
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,6 +148,8 @@ def test_reference_spec_matches_peft(parity_report: dict[str, Any], case: str) -
     expected = DIFF_KEYS + (MULTI_ONLY_DIFF_KEYS if multi else SINGLE_ONLY_DIFF_KEYS)
     if multi and not METHODS[case.split("/")[0]].get("multi_active", True):
         expected += BOTH_ACTIVE_KEYS
+    if not multi and "late_buffer" in METHODS[case.split("/")[0]]:
+        expected += LATE_BUFFER_KEYS
     effects = EFFECT_KEYS + (() if multi else SINGLE_ONLY_EFFECT_KEYS)
     if METHODS[case.split("/")[0]]["buffers"]:
         effects += BUFFER_EFFECT_KEYS
@@ -250,6 +256,14 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
             sizes.append(peft_grad.abs().max().item())
         out["grad"] = max(diffs)
         out["effect_grad"] = min(sizes)
+        if "late_buffer" in method:
+            attr, expected_of = method["late_buffer"]
+            with torch.no_grad():
+                late = peft.get_peft_model(copy.deepcopy(base), gen_config_cls(**common))
+                late.merge_adapter()
+                late.add_adapter("late", gen_config_cls(**common))
+                late_layer = only_tuner_layer(late, gen_layer_cls)
+                out["late_buffer"] = max_abs_diff(getattr(late_layer, attr)["late"], expected_of(base_weight))
     peft_model.eval()
     gen_model.eval()
 
