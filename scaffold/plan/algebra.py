@@ -10,7 +10,9 @@ Two questions are answered here, both on the parsed `ast` of an expression:
 - *How do several adapters compose?* `merge`/`unmerge` decide it (`composition`): `weight + delta_weight` adds
   (each adapter's forward adds its own output), `weight * v[:, None]` scales the output rows (the forward scales
   the output, so two adapters chain like two merges), `weight * v[None, :]` scales the input columns (the forward
-  scales the input). Anything else cannot be matched by a forward, and is refused.
+  scales the input), `weight @ M` multiplies the weight by a square matrix on the input side (the forward
+  transforms the input, last merged adapter first), `M @ weight` on the output side (the forward transforms the
+  output, first merged adapter first). Anything else cannot be matched by a forward, and is refused.
 
 Ranks are inferred conservatively: an expression whose rank cannot be told is not factored (it materialises).
 """
@@ -183,16 +185,22 @@ def _add_factor(
 
 # -- composition ------------------------------------------------------------------------------------------------
 
-Composition = Literal["additive", "output", "input"]
+Composition = Literal["additive", "output", "input", "input_matrix", "output_matrix"]
+# How a matrix merge is undone: with the exact inverse (`torch.linalg.inv(M)`), or with the transpose, which the
+# spec author declares to be the inverse (M orthogonal, e.g. a Householder product) by writing it.
+Inverse = Literal["inv", "transpose"]
 
 
 @dataclass
 class MergeForm:
-    """How the spec's `merge` composes adapters: `additive`, or scaling of the `output` rows / `input` columns of
-    the canonical weight by `scale` (a 1-D expression: shape (out_features,) or (in_features,))."""
+    """How the spec's `merge` composes adapters: `additive`; scaling of the `output` rows / `input` columns of
+    the canonical weight by `scale` (a 1-D expression: shape (out_features,) or (in_features,)); or multiplying it
+    by the square matrix `scale` on the input side (`weight @ M`, M of shape (in_features, in_features)) or the
+    output side (`M @ weight`, (out_features, out_features)), undone as `inverse` says."""
 
     composition: Composition
     scale: ast.expr | None = None
+    inverse: Inverse | None = None
 
 
 class CompositionError(ValueError):
@@ -205,7 +213,8 @@ class CompositionError(ValueError):
 
 _SUPPORTED = (
     "supported: `weight + delta_weight` (additive), `weight * v[:, None]` (scales the output), "
-    "`weight * v[None, :]` (scales the input)"
+    "`weight * v[None, :]` (scales the input), `weight @ M` / `M @ weight` (a square matrix on the input / output "
+    "side)"
 )
 
 
@@ -219,6 +228,9 @@ def merge_form(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
         if undo is None or not _is_name(undo, "delta_weight"):
             raise CompositionError("unmerge", "must undo the additive merge: `weight - delta_weight`")
         return MergeForm("additive")
+    matrix = _matrix_side(merge)
+    if matrix is not None:
+        return _matrix_form(*matrix, unmerge)
     scaled = _scaled(merge, ast.Mult)
     if scaled is None:
         raise CompositionError("merge", f"no forward can compose adapters the way it does ({_SUPPORTED})")
@@ -229,6 +241,40 @@ def merge_form(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
         index = "[:, None]" if side == "output" else "[None, :]"
         raise CompositionError("unmerge", f"must undo the merge: `weight / {shown}{index}`")
     return MergeForm(side, scale)
+
+
+def _matrix_side(node: ast.expr) -> tuple[Composition, ast.expr] | None:
+    """`weight @ M` -> ("input_matrix", M); `M @ weight` -> ("output_matrix", M)."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
+        return None
+    if _is_name(node.left, "weight") and not reads(node.right, "weight"):
+        return "input_matrix", node.right
+    if _is_name(node.right, "weight") and not reads(node.left, "weight"):
+        return "output_matrix", node.left
+    return None
+
+
+def _matrix_form(side: Composition, matrix: ast.expr, unmerge: ast.expr) -> MergeForm:
+    """`unmerge` must multiply by the inverse on the same side: `torch.linalg.inv(M)`, or `M.T` (`M.mT`), which
+    declares M orthogonal."""
+    shown = ast.unparse(matrix)
+    expected = f"`weight @ torch.linalg.inv({shown})`" if side == "input_matrix" else f"`torch.linalg.inv({shown}) @ weight`"
+    undo = _matrix_side(unmerge)
+    if undo is None or undo[0] != side:
+        raise CompositionError("unmerge", f"must undo the merge on the same side: {expected} (or `{shown}.T` for an orthogonal matrix)")
+    inverse = undo[1]
+    target = ast.dump(matrix)
+    if (
+        isinstance(inverse, ast.Call)
+        and ast.unparse(inverse.func) == "torch.linalg.inv"
+        and len(inverse.args) == 1
+        and not inverse.keywords
+        and ast.dump(inverse.args[0]) == target
+    ):
+        return MergeForm(side, matrix, "inv")
+    if isinstance(inverse, ast.Attribute) and inverse.attr in ("T", "mT") and ast.dump(inverse.value) == target:
+        return MergeForm(side, matrix, "transpose")
+    raise CompositionError("unmerge", f"must undo the merge with the inverse of `{shown}`: {expected}, or `({shown}).T` when it is orthogonal")
 
 
 def _is_name(node: ast.expr, name: str) -> bool:

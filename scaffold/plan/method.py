@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scaffold.errors import ScaffoldError
@@ -31,7 +31,7 @@ from scaffold.spec.expressions import (
     uses_fft,
     with_creation_kwargs,
 )
-from scaffold.spec.model import Hyperparameter, InitCall, InitExpr, MethodSpec, Weight
+from scaffold.spec.model import Hyperparameter, InitCall, InitExpr, MethodSpec, Weight, tensor_value
 
 
 _PY_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "enum": "str"}
@@ -82,6 +82,7 @@ class DeltaPlan:
     """`_canonical_delta`: the spec's `delta_weight`, computed in fp32 on CPU for half-precision weights."""
 
     bindings: list[tuple[str, str]]  # locals: (name, code)
+    value_bindings: list[tuple[str, str]]  # named tensors, bound after the fp32 casts, in the weights' dtype
     dtype_of: str  # the weight whose dtype the delta takes
     fp32_names: list[str]  # weights cast to fp32 for half precision on CPU
     reads_weight: bool
@@ -100,6 +101,20 @@ class MergePlan:
 
 
 @dataclass
+class ValuePlan:
+    """A getter `_get_<name>(adapter_name)` for a named tensor of the spec's `values` that an expression reads: it
+    binds what the value needs, computes the earlier values it reads as locals, and returns it (in fp32 for
+    half-precision weights: linear algebra has no half-precision kernels)."""
+
+    name: str
+    method: str
+    bindings: list[tuple[str, str]]
+    upcast: list[str]  # bound weights cast to fp32 when they are half precision
+    steps: list[tuple[str, str]]  # earlier values computed as locals: (name, code)
+    expression: str
+
+
+@dataclass
 class ScalePlan:
     """`_scale`: the vector a scaling `merge` multiplies the weight's rows or columns by."""
 
@@ -108,7 +123,9 @@ class ScalePlan:
     expression: str
 
 
-ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale"]
+ForwardKind = Literal[
+    "spec", "factored", "dense", "output_scale", "input_scale", "input_matrix", "conv_matrix", "output_matrix"
+]
 
 _FORWARD_SUMMARIES: dict[str, str] = {
     "spec": "the spec's forward",
@@ -116,6 +133,9 @@ _FORWARD_SUMMARIES: dict[str, str] = {
     "dense": "materialises ΔW (out_features × in_features) on every call: O(out × in) time and memory",
     "output_scale": "scales the output by the merge's vector (adapters chain as their merges do)",
     "input_scale": "scales the input by the merge's vector (adapters chain as their merges do)",
+    "input_matrix": "multiplies the input by the merge's matrix (adapters chain as their merges do)",
+    "conv_matrix": "convolves with the weight times the merge's matrix: O(out × in × in) per call",
+    "output_matrix": "multiplies the output by the merge's matrix (adapters chain as their merges do)",
 }
 
 
@@ -170,6 +190,8 @@ class MethodPlan:
     has_conv1d_transformers: bool
     composition: str = "additive"  # "additive" | "output" | "input": how active adapters compose (see algebra)
     scale: ScalePlan | None = None  # a scaling merge's vector (per row or per column)
+    matrix: ScalePlan | None = None  # a matrix merge's square matrix (input or output side)
+    values: list[ValuePlan] = field(default_factory=list)  # getters of the named tensors expressions read
     caches_base_weight: bool = False  # deltas read `weight`: keep the pre-merge weight while adapters are merged
     imports_math: bool = False
     imports_functional: bool = False
@@ -276,9 +298,9 @@ class _Planner:
             derived = derived[:derived_upto]
         return set(self.hp) | set(derived) | self.dims
 
-    def tensor_names(self) -> set[str]:
+    def tensor_names(self, values_upto: int | None = None) -> set[str]:
         names = (set(self.hp) - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
-        return names | {"weight"}
+        return names | {"weight"} | set(list(self.spec.values)[:values_upto])
 
     # -- build ----------------------------------------------------------------------------------------------
     def build(self) -> MethodPlan:
@@ -288,6 +310,7 @@ class _Planner:
         hyperparameters = [self.hyperparameter(n, h) for n, h in self.hp.items()]
         derived_exprs = self.derived()
         weights_exprs = {n: self.weight_shape(n, w) for n, w in spec.weights.items()}
+        self.values = self.parse_values()
         delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names())
         merge = unmerge = None
         if spec.merge is not None and spec.unmerge is not None:
@@ -304,7 +327,7 @@ class _Planner:
         forwards = self.forwards()
         self.check_composition(forwards)
 
-        for expr in [delta, merge, unmerge, *forwards.values()]:
+        for expr in [delta, merge, unmerge, *forwards.values(), *self.values.values()]:
             if expr is not None:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
@@ -315,10 +338,18 @@ class _Planner:
         families = families_for(list(spec.layers))
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
         scale = self.merge_form.scale
-        reads_weight = "weight" in delta.names or (scale is not None and reads(scale, "weight"))
+        matrix_form = self.merge_form.composition in ("input_matrix", "output_matrix")
+        if matrix_form:
+            # the merge multiplies the weight being merged: only a matrix that reads `weight` needs the copy
+            reads_weight = scale is not None and "weight" in self.closure(_names_in(scale))
+        else:
+            reads_weight = "weight" in self.closure(delta.names) or (scale is not None and reads(scale, "weight"))
         # a buffer computed from the base weight, for an adapter added while others are merged, reads the weight
         # as it was before any merge too
         reads_weight = reads_weight or self.computed_reads_weight
+        exposed = [delta, merge, unmerge, *forwards.values()]
+        if scale is not None:
+            exposed.append(Expression(ast.unparse(scale), scale, frozenset(_names_in(scale))))
         return MethodPlan(
             spec=spec,
             name=spec.name,
@@ -342,10 +373,12 @@ class _Planner:
             has_conv1d_transformers="Conv1D" in spec.layers,
             imports_math=self.imports_math,
             imports_functional=self.imports_functional
-            or any(lc.uses_layer_op or lc.forward == "factored" for lc in layer_classes),
+            or any(lc.uses_layer_op or lc.forward in ("factored", "input_matrix", "output_matrix") for lc in layer_classes),
             uses_buffers=any(not w.trainable for w in weights),
             composition=self.merge_form.composition,
-            scale=self.scale_plan(scale) if scale is not None else None,
+            scale=self.scale_plan(scale) if scale is not None and not matrix_form else None,
+            matrix=self.scale_plan(scale) if scale is not None and matrix_form else None,
+            values=self.value_plans(exposed),
             caches_base_weight=reads_weight,
             computed_reads_weight=self.computed_reads_weight,
         )
@@ -361,6 +394,12 @@ class _Planner:
                 f"forward.{key}",
                 f"`merge` scales the {form.composition}, so the forward is derived from it (adapters then chain "
                 "like their merges); remove this entry",
+            )
+        if form.composition == "input_matrix" and "Embedding" in self.spec.layers:
+            raise self.fail(
+                "layers",
+                "a matrix on the input side (merge `weight @ M`) cannot apply to Embedding, whose input is indices; "
+                "transform its output instead (`M @ weight`)",
             )
         if form.composition == "input":
             others = [t for t in self.spec.layers if t not in ("Linear", "Conv1D")]
@@ -438,6 +477,45 @@ class _Planner:
             exprs[key] = self.parse(f"forward.{key}", text, names, functions)
         return exprs
 
+    def parse_values(self) -> dict[str, Expression]:
+        """The spec's named tensors, in order: each reads weights, scalars, dims, `weight` and earlier values."""
+        exprs: dict[str, Expression] = {}
+        for index, (name, item) in enumerate(self.spec.values.items()):
+            exprs[name] = self.parse(f"values.{name}", tensor_value(item).expr, self.tensor_names(index))
+        return exprs
+
+    def closure(self, names: Any) -> set[str]:
+        """`names` and every name the values among them read, through earlier values."""
+        out = set(names)
+        for name in reversed(list(self.values)):
+            if name in out:
+                out |= self.values[name].names
+        return out
+
+    def value_plans(self, exprs: list[Expression | None]) -> list[ValuePlan]:
+        """A getter per value an expression reads directly; the values those read are computed inside it."""
+        read = set().union(*(e.names for e in exprs if e is not None))
+        plans = []
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        for name in [n for n in self.values if n in read]:
+            needed = self.closure({name})
+            steps = [n for n in self.values if n in needed and n != name]
+            direct = needed - set(self.values)
+            # tensors created from sizes (torch.zeros(...)) follow the adapter's first float weight it reads
+            floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
+            reference = next((n for n in floats if n in direct), floats[0])
+            direct.add(reference)
+            bindings = [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in direct]
+            if "weight" in direct:
+                bindings.append(("weight", "self._canonical_weight()"))
+            upcast = [n for n in floats if n in direct]
+
+            def code(value: str) -> str:
+                return render(with_creation_kwargs(self.values[value], reference), dims)
+
+            plans.append(ValuePlan(name, f"_get_{name}", bindings, upcast, [(n, code(n)) for n in steps], code(name)))
+        return plans
+
     def mark_stored(self, expr: Expression) -> None:
         for name in sorted(expr.names):
             if name in self.hp or name in self.spec.derived:
@@ -465,7 +543,10 @@ class _Planner:
             if hp.nullable or hp.type == "list":
                 annotation = f"Optional[{annotation}]"
             return ScalarPlan(name, f"{self.prefix}{name}", annotation, f"config.{name}")
-        return ScalarPlan(name, f"{self.prefix}{name}", "float", name)
+        source = str(self.spec.derived[name]).strip()
+        # `int(...)` makes an integer (a count or a size tensor functions take); anything else may be a float
+        annotation = "int" if source.startswith("int(") and source.endswith(")") else "float"
+        return ScalarPlan(name, f"{self.prefix}{name}", annotation, name)
 
     def weight(self, name: str, weight: Weight, shape: list[Expression]) -> WeightPlan:
         mapping = self.update_layer_names()
@@ -586,16 +667,22 @@ class _Planner:
             self.imports_math = True
         return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
 
-    def bindings(self, names: set[str]) -> list[tuple[str, str]]:
-        """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value)."""
-        return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
+    def bindings(self, names: set[str], value_cast: str = "") -> list[tuple[str, str]]:
+        """Locals for the weights, stored scalars and values among `names`: (name, code reading this adapter's
+        value); values are cast with `value_cast` (e.g. `.to(x.dtype)`)."""
+        bound = [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
+        return bound + [(n, f"self._get_{n}(adapter_name){value_cast}") for n in self.values if n in names]
 
     def delta_plan(self, delta: Expression) -> DeltaPlan:
         floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
         used_weights = [n for n in floats if n in delta.names] or floats[:1]
         dims = {d: DIM_CODE[d] for d in self.dims}
+        names = set(delta.names) - set(self.values)
         return DeltaPlan(
-            bindings=self.bindings(set(delta.names) | set(used_weights[:1])),
+            value_bindings=[
+                (n, f"self._get_{n}(adapter_name).to({used_weights[0]}.dtype)") for n in self.values if n in delta.names
+            ],
+            bindings=self.bindings(names | set(used_weights[:1])),
             dtype_of=used_weights[0],
             fp32_names=used_weights,
             reads_weight="weight" in delta.names,
@@ -604,6 +691,14 @@ class _Planner:
         )
 
     def merge_plan(self, expr: Expression, op: str) -> MergePlan:
+        form = self.merge_form
+        if form.composition in ("input_matrix", "output_matrix"):
+            matrix = "self._matrix(adapter_name)"
+            if op == "/":  # unmerge: the inverse, or the transpose the spec declares to be it (see `merge_form`)
+                matrix = f"torch.linalg.inv({matrix})" if form.inverse == "inv" else f"{matrix}.T"
+            matrix = f"{matrix}.to(weight.dtype)"
+            code = f"weight @ {matrix}" if form.composition == "input_matrix" else f"{matrix} @ weight"
+            return MergePlan([], [], False, code)
         if self.merge_form.composition != "additive":
             # the merge's vector is computed by `_scale`, which the forward uses too
             index = "[:, None]" if self.merge_form.composition == "output" else "[None, :]"
@@ -611,7 +706,7 @@ class _Planner:
         dims = {d: DIM_CODE[d] for d in self.dims}
         return MergePlan(
             bindings=self.bindings(set(expr.names)),
-            cast_names=[n for n in self.spec.weights if n in expr.names],
+            cast_names=[n for n in [*self.spec.weights, *self.values] if n in expr.names],
             uses_delta="delta_weight" in expr.names,
             expression=render(expr, dims),
         )
@@ -637,12 +732,19 @@ class _Planner:
         x_in = "dropout(x)" if use_dropout else "x"
         dropout = [("dropout", f"self.{self.prefix}dropout[adapter_name]")] if use_dropout else []
         composition = self.merge_form.composition
+        if composition in ("input_matrix", "output_matrix"):
+            # a convolution's input cannot be multiplied by a matrix on its (in_channels x kernel) view: it
+            # convolves with the transformed weight instead
+            matrix_kind: ForwardKind = "conv_matrix" if family.kind == "conv" else "input_matrix"
+            if composition == "output_matrix":
+                matrix_kind = "output_matrix"
+            return LayerClassPlan(family, torch_classes, base_types, matrix_kind, [], "", "x", False)
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
         if forward is not None:
             names = set(forward.names)
-            bindings = self.bindings(names)
+            bindings = self.bindings(names, ".to(x.dtype)")
             if forward.uses("dropout"):
                 bindings.append(("dropout", f"self.{self.prefix}dropout[adapter_name]"))
             if "weight" in names:
@@ -658,7 +760,7 @@ class _Planner:
         if product is None:
             # by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)
             return LayerClassPlan(family, torch_classes, base_types, "dense", dropout, "", x_in, True)
-        bindings = self.bindings(set(self.delta.names)) + dropout
+        bindings = self.bindings(set(self.delta.names), ".to(x.dtype)") + dropout
         if "weight" in self.delta.names:
             bindings.append(("weight", "self._canonical_weight()"))
         tree = _apply_factors(family, product, ast.parse(x_in, mode="eval").body)

@@ -25,6 +25,8 @@ TORCH_FUNCTIONS = frozenset(
         "sqrt", "square", "stack", "sum", "tanh", "transpose", "where", "zeros", "zeros_like",
         # index tensors: gather and scatter (issue #10)
         "gather", "index_select", "scatter", "scatter_add", "sort", "take", "topk", "unravel_index", "argsort", "full",
+        # linear algebra and structured matrices (OFT, HRA): triangles, their indices, ranges
+        "arange", "tril", "tril_indices", "triu", "triu_indices",
     }
 )  # fmt: skip
 # Calls that create a float tensor from sizes: the generated code gives them the dtype and device of the adapter's
@@ -35,7 +37,12 @@ TORCH_FFT_FUNCTIONS = frozenset(
     {"fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "fftshift", "ifftshift"}
 )
 # Functions reachable as `torch.linalg.<name>`.
-TORCH_LINALG_FUNCTIONS = frozenset({"norm", "vector_norm", "matrix_norm", "qr", "svd"})
+TORCH_LINALG_FUNCTIONS = frozenset(
+    {
+        "norm", "vector_norm", "matrix_norm", "qr", "svd",
+        "solve", "inv", "matrix_exp", "matrix_power", "householder_product",
+    }
+)  # fmt: skip
 # Functions reachable as `F.<name>` (torch.nn.functional).
 F_FUNCTIONS = frozenset(
     {

@@ -261,6 +261,23 @@ class Weight(_Strict):
         return self
 
 
+class TensorValue(_Strict):
+    """A named intermediate tensor (`values:`), computed from the adapter's weights, not from the input. Shared by
+    the spec kinds: `kind: tuner` and `kind: lora_variant` (which also caches `constant` ones)."""
+
+    expr: str = Field(description="tensor expression")
+    constant: bool = Field(
+        default=False,
+        description="treated as a constant: computed without gradient, cached while no gradient is needed, "
+        "stored at merge time for unmerge (lora_variant only)",
+    )
+
+
+def tensor_value(item: str | TensorValue) -> TensorValue:
+    """A `values:` entry, written either as the bare expression or as a mapping."""
+    return TensorValue(expr=item) if isinstance(item, str) else item
+
+
 class MethodSpec(_Strict):
     """A PEFT method described in a few lines of YAML; see docs/spec.md."""
 
@@ -278,6 +295,11 @@ class MethodSpec(_Strict):
     )
     dropout: str | None = Field(default=None, description="float hyperparameter used as dropout on the input")
     weights: Annotated[dict[str, Weight], Field(min_length=1)]
+    values: dict[str, str | TensorValue] = Field(
+        default_factory=dict,
+        description="named tensors computed once per call from the weights (in order, each may read earlier ones); "
+        "delta_weight, forward, merge and unmerge may read them",
+    )
     delta_weight: str = Field(description="the update as an (out_features, in_features) tensor expression")
     forward: dict[LayerType, str] = Field(
         default_factory=dict, description="faster forward per layer type; default: base output + x through delta"
@@ -330,7 +352,15 @@ class MethodSpec(_Strict):
             raise ValueError(f"{value!r} must be a CamelCase identifier")
         return value
 
-    @field_validator("hyperparameters", "derived", "weights")
+    @field_validator("values")
+    @classmethod
+    def _check_values(cls, value: dict[str, str | TensorValue]) -> dict[str, str | TensorValue]:
+        for key, item in value.items():
+            if isinstance(item, TensorValue) and item.constant:
+                raise FieldError(f"{key}.constant", "a tuner's values are computed on every call; `constant` is for lora_variant specs")
+        return value
+
+    @field_validator("hyperparameters", "derived", "weights", "values")
     @classmethod
     def _check_identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
         check_names(value)
@@ -352,6 +382,7 @@ class MethodSpec(_Strict):
             "hyperparameters": self.hyperparameters,
             "derived": self.derived,
             "weights": self.weights,
+            "values": self.values,
         }
         seen: dict[str, str] = {}
         for section, names in sections.items():

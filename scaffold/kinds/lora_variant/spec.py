@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scaffold.spec.model import FieldError, check_names, check_text
+from scaffold.spec.model import FieldError, TensorValue, check_names, check_text, tensor_value
 
 
 # PEFT's LoRA layer classes a variant can be registered for (each has a `lora_variants` mapping in PEFT >= 0.20).
@@ -83,15 +83,8 @@ class VariantWeight(_Strict):
         return value
 
 
-class VariantValue(_Strict):
-    """A named intermediate tensor, computed from the weights (not from the input)."""
-
-    expr: str = Field(description="tensor expression")
-    constant: bool = Field(
-        default=False,
-        description="treated as a constant: computed without gradient, cached while no gradient is needed, "
-        "stored at merge time for unmerge",
-    )
+# the named tensors are one notion across kinds (scaffold.spec.model.TensorValue)
+VariantValue = TensorValue
 
 
 class LoraVariantSpec(_Strict):
@@ -201,8 +194,7 @@ class LoraVariantSpec(_Strict):
         return f"use_{self.name}"
 
     def value(self, name: str) -> VariantValue:
-        item = self.values[name]
-        return VariantValue(expr=item) if isinstance(item, str) else item
+        return tensor_value(self.values[name])
 
     def forward_for(self, layer: str) -> str:
         return self.forward[layer] if isinstance(self.forward, dict) else self.forward
