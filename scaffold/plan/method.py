@@ -134,7 +134,7 @@ _FORWARD_SUMMARIES: dict[str, str] = {
     "output_scale": "scales the output by the merge's vector (adapters chain as their merges do)",
     "input_scale": "scales the input by the merge's vector (adapters chain as their merges do)",
     "input_matrix": "multiplies the input by the merge's matrix (adapters chain as their merges do)",
-    "conv_matrix": "convolves with the weight times the merge's matrix: O(out × in × in) per call",
+    "conv_matrix": "convolves with the weight multiplied by the merge's matrix: O(out × in × (in or out)) per call",
     "output_matrix": "multiplies the output by the merge's matrix (adapters chain as their merges do)",
 }
 
@@ -733,11 +733,11 @@ class _Planner:
         dropout = [("dropout", f"self.{self.prefix}dropout[adapter_name]")] if use_dropout else []
         composition = self.merge_form.composition
         if composition in ("input_matrix", "output_matrix"):
-            # a convolution's input cannot be multiplied by a matrix on its (in_channels x kernel) view: it
-            # convolves with the transformed weight instead
-            matrix_kind: ForwardKind = "conv_matrix" if family.kind == "conv" else "input_matrix"
-            if composition == "output_matrix":
-                matrix_kind = "output_matrix"
+            # a convolution's input cannot be multiplied by a matrix on its (in_channels x kernel) view, nor (grouped)
+            # its output: it convolves with the transformed weight instead
+            matrix_kind: ForwardKind = "input_matrix" if composition == "input_matrix" else "output_matrix"
+            if family.kind == "conv":
+                matrix_kind = "conv_matrix"
             return LayerClassPlan(family, torch_classes, base_types, matrix_kind, [], "", "x", False)
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"

@@ -42,7 +42,7 @@ from scaffold.spec.expressions import (
     Expression,
     parse_expression,
 )
-from scaffold.spec.model import InitExpr, MethodSpec
+from scaffold.spec.model import InitExpr, MethodSpec, tensor_value
 
 
 class OracleUnsupported(Exception):
@@ -57,8 +57,11 @@ _DESCRIPTIVE_FIELDS = frozenset(
     }
 )  # fmt: skip
 _MATH_FIELDS = frozenset(
-    {"hyperparameters", "derived", "dropout", "weights", "delta_weight", "forward", "merge", "unmerge", "layers"}
-)
+    {
+        "hyperparameters", "derived", "dropout", "weights", "values", "delta_weight", "forward", "merge", "unmerge",
+        "layers",
+    }
+)  # fmt: skip
 KNOWN_SPEC_FIELDS = _DESCRIPTIVE_FIELDS | _MATH_FIELDS
 # Weight fields: the oracle takes weight values as given, so initialisers do not matter to it, except an init
 # expression (`init: {expr}`), which it evaluates itself from the base weight and the hyperparameters.
@@ -396,6 +399,9 @@ class Oracle:
             raise OracleUnsupported(f"spec field(s) unknown to the oracle: {', '.join(unknown)}")
         spec = self.spec
         names = set(spec.hyperparameters) | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
+        for name, item in spec.values.items():  # named tensors, in order: each may read the earlier ones
+            self._exprs[f"values.{name}"] = parse_expression(tensor_value(item).expr, names=names)
+            names.add(name)
         tensor_names = names | {"x", "base", "delta_weight"}
         functions = {"dropout", "layer_op"}
         self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
@@ -439,6 +445,8 @@ class Oracle:
         for name, weight in spec.weights.items():
             value = computed[name] if name in computed else adapter.weights[name].detach()
             env[name] = value.double() if weight.dtype == "float" else value
+        for name in spec.values:
+            env[name] = evaluate(self._exprs[f"values.{name}"], env)
         return env
 
     def computed_weights(self, layer: BaseLayer, adapter: Adapter) -> dict[str, torch.Tensor]:
@@ -460,6 +468,8 @@ class Oracle:
         delta = evaluate(self._exprs["delta_weight"], env)
         if which not in self._exprs:
             return current + delta if which == "merge" else current - delta
+        # `weight` is the weight merged so far; the values were computed from the unmerged one (they belong to the
+        # adapter, like its delta)
         return evaluate(self._exprs[which], {**env, "weight": current, "delta_weight": delta})
 
     def merged_canonical(self, layer: BaseLayer, adapters: Sequence[Adapter]) -> torch.Tensor:
