@@ -1,10 +1,12 @@
-"""The zoo's reference specs (reference_methods/loha.yaml, lokr.yaml, delora.yaml, fourierft.yaml, c3a.yaml) and the
-unseen specs of computed buffers (tests/specs/sparsemask.yaml, svdbasis.yaml) in a real PEFT 0.21.2 tree.
+"""The zoo's reference specs (reference_methods/loha.yaml, lokr.yaml, delora.yaml, fourierft.yaml, c3a.yaml, oft.yaml)
+and the unseen specs of computed buffers (tests/specs/sparsemask.yaml, svdbasis.yaml) and of a rotation
+(tests/specs/exprot.yaml) in a real PEFT 0.21.2 tree.
 
 All are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
 (tests/test_custom_models.py and tests/test_config.py, the rows the registrar added) passes with 0 failed, the
 generated tests pass, and ruff (PEFT's settings) and mypy report nothing on the generated code. Numerical parity
-with PEFT's LoHa/LoKr is tests/test_zoo_parity.py, with DeLoRA/FourierFT/C3A tests/test_zoo_parity_buffers.py.
+with PEFT's LoHa/LoKr is tests/test_zoo_parity.py, with DeLoRA/FourierFT/C3A tests/test_zoo_parity_buffers.py, with
+OFT tests/test_zoo_parity_oft.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ SPECS = [
     # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
     REPO / "tests" / "specs" / "sparsemask.yaml",
     REPO / "tests" / "specs" / "svdbasis.yaml",
+    REPO / "reference_methods" / "oft.yaml",
+    # an unseen OFT-like rotation (output side, matrix_exp), issue #10
+    REPO / "tests" / "specs" / "exprot.yaml",
 ]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
@@ -60,8 +65,8 @@ def test_peft_own_matrix_passes(zoo_tree: Path) -> None:
     custom = run_pytest(zoo_tree, ["tests/test_custom_models.py", "-k", " or ".join(p.class_name for p in plans)])
     assert custom.failed == 0 and custom.errors == 0, custom.output_tail
     # each method's rows (MLP, Conv1d, Conv2d, two adapters) really ran through PEFT's custom-model matrix: about
-    # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A), most of them
-    # PEFT's per-config-class tests; a matrix that collected few of the rows falls short
+    # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A) and RefOFT (Linear
+    # and Conv2d), most of them PEFT's per-config-class tests; a matrix that collected few of the rows falls short
     assert custom.passed > 200 * len(plans), custom.output_tail
 
     configs = " or ".join(p.config_cls for p in plans)
