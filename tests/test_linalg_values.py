@@ -165,9 +165,19 @@ def _mutated(path: Path, **changes: Any) -> dict[str, Any]:
         (OFT, {"layers": ["Linear", "Embedding"]}, "layers", "indices"),
         (OFT, {"forward": {"Linear": "base + layer_op(x, delta_weight)"}}, "forward.Linear", "derived"),
         # a value reads only earlier values, never the input
-        (EXPROT, {"values": {"rotation": "torch.linalg.matrix_exp(generator)", "generator": "A @ B.T"}}, "values.rotation", "generator"),
+        (
+            EXPROT,
+            {"values": {"rotation": "torch.linalg.matrix_exp(generator)", "generator": "A @ B.T"}},
+            "values.rotation",
+            "generator",
+        ),
         (EXPROT, {"values": {"generator": "A @ x"}}, "values.generator", "x"),
-        (EXPROT, {"values": {"generator": {"expr": "A @ B.T", "constant": True}}}, "values.generator.constant", "lora_variant"),
+        (
+            EXPROT,
+            {"values": {"generator": {"expr": "A @ B.T", "constant": True}}},
+            "values.generator.constant",
+            "lora_variant",
+        ),
         (EXPROT, {"values": {"A": "B @ B.T"}}, "values.A", "already a name"),
         (EXPROT, {"values": {"weight": "B @ B.T"}}, "values.weight", "reserved"),
     ],
@@ -224,9 +234,7 @@ def test_oracle_exprot_composes_like_its_merge_and_unmerges_exactly():
     torch.manual_seed(1)
     oracle = Oracle(load_spec(EXPROT))
     layer = BaseLayer.of("Linear", torch.nn.Linear(6, 5))
-    adapters = [
-        Adapter({"r": 2}, {"A": 0.3 * torch.randn(5, 2), "B": 0.3 * torch.randn(5, 2)}) for _ in range(2)
-    ]
+    adapters = [Adapter({"r": 2}, {"A": 0.3 * torch.randn(5, 2), "B": 0.3 * torch.randn(5, 2)}) for _ in range(2)]
     rotations = []
     for adapter in adapters:
         a, b = adapter.weights["A"].double(), adapter.weights["B"].double()

@@ -218,8 +218,9 @@ _SUPPORTED = (
 )
 
 
-def merge_form(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
-    """Classify `merge` and check that `unmerge` is its inverse (same update, opposite operation)."""
+def merge_form(merge: ast.expr, unmerge: ast.expr, ranks: Mapping[str, int] | None = None) -> MergeForm:
+    """Classify `merge` and check that `unmerge` is its inverse (same update, opposite operation). `ranks` (of the
+    names the expressions read) tell a square matrix from a broadcast vector (`v[:, None] @ weight` is no rotation)."""
     additive = _additive(merge, ast.Add)
     if additive is not None:
         if not _is_name(additive, "delta_weight"):
@@ -229,7 +230,7 @@ def merge_form(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
             raise CompositionError("unmerge", "must undo the additive merge: `weight - delta_weight`")
         return MergeForm("additive")
     matrix = _matrix_side(merge)
-    if matrix is not None:
+    if matrix is not None and rank_of(matrix[1], ranks or {}) in (None, "matrix"):
         return _matrix_form(*matrix, unmerge)
     scaled = _scaled(merge, ast.Mult)
     if scaled is None:
@@ -258,10 +259,14 @@ def _matrix_form(side: Composition, matrix: ast.expr, unmerge: ast.expr) -> Merg
     """`unmerge` must multiply by the inverse on the same side: `torch.linalg.inv(M)`, or `M.T` (`M.mT`), which
     declares M orthogonal."""
     shown = ast.unparse(matrix)
-    expected = f"`weight @ torch.linalg.inv({shown})`" if side == "input_matrix" else f"`torch.linalg.inv({shown}) @ weight`"
+    expected = (
+        f"`weight @ torch.linalg.inv({shown})`" if side == "input_matrix" else f"`torch.linalg.inv({shown}) @ weight`"
+    )
     undo = _matrix_side(unmerge)
     if undo is None or undo[0] != side:
-        raise CompositionError("unmerge", f"must undo the merge on the same side: {expected} (or `{shown}.T` for an orthogonal matrix)")
+        raise CompositionError(
+            "unmerge", f"must undo the merge on the same side: {expected} (or `{shown}.T` for an orthogonal matrix)"
+        )
     inverse = undo[1]
     target = ast.dump(matrix)
     if (
@@ -274,7 +279,10 @@ def _matrix_form(side: Composition, matrix: ast.expr, unmerge: ast.expr) -> Merg
         return MergeForm(side, matrix, "inv")
     if isinstance(inverse, ast.Attribute) and inverse.attr in ("T", "mT") and ast.dump(inverse.value) == target:
         return MergeForm(side, matrix, "transpose")
-    raise CompositionError("unmerge", f"must undo the merge with the inverse of `{shown}`: {expected}, or `({shown}).T` when it is orthogonal")
+    raise CompositionError(
+        "unmerge",
+        f"must undo the merge with the inverse of `{shown}`: {expected}, or `({shown}).T` when it is orthogonal",
+    )
 
 
 def _is_name(node: ast.expr, name: str) -> bool:

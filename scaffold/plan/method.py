@@ -320,7 +320,7 @@ class _Planner:
                 if "weight" not in expr.names:
                     raise self.fail(field_name, "must compute the new weight from `weight`")
             try:
-                self.merge_form = merge_form(merge.tree, unmerge.tree)
+                self.merge_form = merge_form(merge.tree, unmerge.tree, self.ranks())
             except CompositionError as exc:
                 raise self.fail(exc.field, str(exc)) from None
         self.delta = delta
@@ -373,7 +373,9 @@ class _Planner:
             has_conv1d_transformers="Conv1D" in spec.layers,
             imports_math=self.imports_math,
             imports_functional=self.imports_functional
-            or any(lc.uses_layer_op or lc.forward in ("factored", "input_matrix", "output_matrix") for lc in layer_classes),
+            or any(
+                lc.uses_layer_op or lc.forward in ("factored", "input_matrix", "output_matrix") for lc in layer_classes
+            ),
             uses_buffers=any(not w.trainable for w in weights),
             composition=self.merge_form.composition,
             scale=self.scale_plan(scale) if scale is not None and not matrix_form else None,
@@ -505,7 +507,9 @@ class _Planner:
             floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
             reference = next((n for n in floats if n in direct), floats[0])
             direct.add(reference)
-            bindings = [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in direct]
+            bindings = [
+                (n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in direct
+            ]
             if "weight" in direct:
                 bindings.append(("weight", "self._canonical_weight()"))
             upcast = [n for n in floats if n in direct]
@@ -680,7 +684,9 @@ class _Planner:
         names = set(delta.names) - set(self.values)
         return DeltaPlan(
             value_bindings=[
-                (n, f"self._get_{n}(adapter_name).to({used_weights[0]}.dtype)") for n in self.values if n in delta.names
+                (n, f"self._get_{n}(adapter_name).to({used_weights[0]}.dtype)")
+                for n in self.values
+                if n in delta.names
             ],
             bindings=self.bindings(names | set(used_weights[:1])),
             dtype_of=used_weights[0],

@@ -357,7 +357,10 @@ class MethodSpec(_Strict):
     def _check_values(cls, value: dict[str, str | TensorValue]) -> dict[str, str | TensorValue]:
         for key, item in value.items():
             if isinstance(item, TensorValue) and item.constant:
-                raise FieldError(f"{key}.constant", "a tuner's values are computed on every call; `constant` is for lora_variant specs")
+                raise FieldError(
+                    f"{key}.constant",
+                    "a tuner's values are computed on every call; `constant` is for lora_variant specs",
+                )
         return value
 
     @field_validator("hyperparameters", "derived", "weights", "values")

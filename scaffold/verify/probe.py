@@ -237,8 +237,11 @@ class _MethodProbe:
             peft_model.train()
             trainable = {w.name: getattr(layer, w.attr)["default"] for w in self.plan.weights if w.trainable}
             before = {name: p.detach().clone() for name, p in trainable.items()}
-            output = peft_model(x)
-            output.float().pow(2).mean().backward()
+            output = peft_model(x).float()
+            # a random projection of the output, not its norm: an orthogonal adapter (a rotation of the output of a
+            # layer without bias) leaves the norm unchanged, so the norm has no gradient to give it
+            target = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
+            (output * target).mean().backward()
             no_grad = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum().item() > 0]
             torch.optim.SGD(list(trainable.values()), lr=0.1).step()
             unchanged = [n for n, p in trainable.items() if n not in no_grad and torch.equal(p.detach(), before[n])]
