@@ -29,6 +29,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = REPO_ROOT / "reference_methods" / "oft.yaml"
 JSON_MARKER = "OFT_PARITY_JSON: "
+# a tree, a generation and one subprocess: about 30 s
+pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 MIN_EFFECT = 1e-3
 
