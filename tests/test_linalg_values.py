@@ -163,6 +163,15 @@ def _mutated(path: Path, **changes: Any) -> dict[str, Any]:
         (EXPROT, {"unmerge": "rotation @ weight"}, "unmerge", "inverse"),
         (EXPROT, {"merge": "rotation @ weight @ rotation"}, "merge", "no forward"),
         (OFT, {"layers": ["Linear", "Embedding"]}, "layers", "indices"),
+        (
+            OFT,
+            {
+                "hyperparameters": {**_data(OFT)["hyperparameters"], "p": {"type": "float", "default": 0.1}},
+                "dropout": "p",
+            },
+            "dropout",
+            "no adapter branch",
+        ),
         (OFT, {"forward": {"Linear": "base + layer_op(x, delta_weight)"}}, "forward.Linear", "derived"),
         # a value reads only earlier values, never the input
         (

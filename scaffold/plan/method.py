@@ -397,6 +397,12 @@ class _Planner:
                 f"`merge` scales the {form.composition}, so the forward is derived from it (adapters then chain "
                 "like their merges); remove this entry",
             )
+        if form.composition in ("input_matrix", "output_matrix") and self.spec.dropout:
+            raise self.fail(
+                "dropout",
+                "a matrix merge's forward multiplies by the matrix exactly as merging does; there is no adapter "
+                "branch to apply dropout to",
+            )
         if form.composition == "input_matrix" and "Embedding" in self.spec.layers:
             raise self.fail(
                 "layers",
