@@ -255,3 +255,32 @@ def test_oracle_exprot_composes_like_its_merge_and_unmerges_exactly():
     assert torch.allclose(restored, weight, atol=1e-12)
     x = torch.randn(4, 6)
     assert torch.allclose(oracle.forward(layer, x, adapters), x.double() @ merged.T + layer.bias, atol=1e-10)
+
+
+@pytest.mark.parametrize("apply_gs", [False, True])
+def test_hras_householder_chain_is_writable_as_values(apply_gs):
+    """docs/coverage.yaml says HRA's math is writable now (only its paired-column init is not): its product of r
+    Householder reflections as one expression (the compact WY form, or I - 2 Q Q^T with Q from qr for Gram-Schmidt)
+    equals PEFT's own loop, evaluated by the oracle's interpreter."""
+    from peft import HRAConfig
+    from peft.tuners.hra.layer import HRALinear
+
+    from scaffold.verify.oracle import evaluate
+
+    torch.manual_seed(0)
+    layer = HRALinear(torch.nn.Linear(8, 6), "default", HRAConfig(r=4, init_weights=False, apply_GS=apply_gs), r=4)
+    expected = layer.get_delta_weight("default").detach().double()
+    u = layer.hra_u["default"].detach().double()
+    names = {"hra_u", "identity", "identity_r"}
+    if apply_gs:
+        source = "identity - 2 * torch.linalg.qr(hra_u)[0] @ torch.linalg.qr(hra_u)[0].T"
+    else:
+        source = (
+            "identity - F.normalize(hra_u, dim=0) @ torch.linalg.solve("
+            "torch.triu(F.normalize(hra_u, dim=0).T @ F.normalize(hra_u, dim=0), 1) + identity_r / 2, "
+            "F.normalize(hra_u, dim=0).T)"
+        )
+    env = {"hra_u": u, "identity": torch.eye(8, dtype=torch.float64), "identity_r": torch.eye(4, dtype=torch.float64)}
+    value = evaluate(parse_expression(source, names=names), env)
+    assert torch.allclose(value, expected, atol=1e-6)
+    assert torch.allclose(value @ value.T, torch.eye(8, dtype=torch.float64), atol=1e-10)  # `.T` undoes it
