@@ -8,11 +8,11 @@ here, raising `ScaffoldError` with the spec field it concerns.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scaffold.errors import ScaffoldError
-from scaffold.plan.algebra import CompositionError, MergeForm, factorise, merge_form, reads
+from scaffold.plan.algebra import CompositionError, MergeForm, bias_scaling, factorise, merge_form, reads
 from scaffold.plan.layers import (
     DIM_CODE,
     TORCH_CLASSES,
@@ -95,6 +95,24 @@ class ScalePlan:
     expression: str
 
 
+@dataclass
+class BiasPlan:
+    """`_delta_bias` (an additive bias update) or `_merged_bias`/`_unmerged_bias` (a scaled bias)."""
+
+    bindings: list[tuple[str, str]]
+    reads_weight: bool
+    expression: str
+
+
+@dataclass
+class SelectorPlan:
+    """A `modules` hyperparameter: the modules whose layers get `flag` = True (matched like PEFT's
+    `feedforward_modules`: regex fullmatch for a str, name suffix for a list)."""
+
+    name: str
+    flag: str
+
+
 ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale"]
 
 _FORWARD_SUMMARIES: dict[str, str] = {
@@ -119,6 +137,8 @@ class LayerClassPlan:
     x_in: str  # the adapter's input: `dropout(x)` or `x`
     uses_layer_op: bool
     reads_base: bool = False  # spec forward that uses `base`: its value is the output
+    # the forward broadcasts a per-channel vector over the output (`family.channel_view`), which differs by conv dim
+    uses_channel_view: bool = False
 
     @property
     def forward_summary(self) -> str:
@@ -130,7 +150,8 @@ class LayerClassPlan:
     @property
     def forward_key(self) -> tuple[object, ...]:
         """What decides the emitted `_adapter_forward`: classes with equal keys share one implementation."""
-        return (self.forward, tuple(self.bindings), self.expression, self.x_in, self.reads_base)
+        key = (self.forward, tuple(self.bindings), self.expression, self.x_in, self.reads_base)
+        return (*key, self.family.channel_view) if self.uses_channel_view else key
 
 
 @dataclass
@@ -158,6 +179,12 @@ class MethodPlan:
     composition: str = "additive"  # "additive" | "output" | "input": how active adapters compose (see algebra)
     scale: ScalePlan | None = None  # a scaling merge's vector (per row or per column)
     caches_base_weight: bool = False  # deltas read `weight`: keep the pre-merge weight while adapters are merged
+    selectors: list[SelectorPlan] = field(default_factory=list)  # `modules` hyperparameters and their flags
+    # selected composition: when an adapter scales the input, in `_scales_input` and in `update_layer`
+    input_condition: str | None = None
+    input_condition_update: str | None = None
+    scales_bias: bool = False  # `merge_bias` scales the bias with the output (the forward scales the whole output)
+    delta_bias: BiasPlan | None = None  # an additive bias update
     imports_math: bool = False
     imports_functional: bool = False
     uses_buffers: bool = False
@@ -224,6 +251,8 @@ class _Planner:
         self.imports_math = False
         self.imports_functional = False
         self.merge_form = MergeForm("additive")
+        # `modules` hyperparameters' per-layer booleans: flag -> hyperparameter
+        self.flags = {hp.flag: name for name, hp in self.hp.items() if hp.flag is not None}
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -249,11 +278,15 @@ class _Planner:
         derived = list(self.spec.derived)
         if derived_upto is not None:
             derived = derived[:derived_upto]
-        return set(self.hp) | set(derived) | self.dims
+        return self.value_hps() | set(derived) | self.dims | set(self.flags)
+
+    def value_hps(self) -> set[str]:
+        """Hyperparameters expressions may read (a `modules` selector is read through its flag)."""
+        return {n for n, hp in self.hp.items() if hp.type != "modules"}
 
     def tensor_names(self) -> set[str]:
-        names = (set(self.hp) - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
-        return names | {"weight"}
+        names = (self.value_hps() - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
+        return names | {"weight"} | set(self.flags)
 
     # -- build ----------------------------------------------------------------------------------------------
     def build(self) -> MethodPlan:
@@ -278,8 +311,10 @@ class _Planner:
         self.delta = delta
         forwards = self.forwards()
         self.check_composition(forwards)
+        scales_bias = self.check_merge_bias()
+        delta_bias = self.delta_bias_expr(forwards)
 
-        for expr in [delta, merge, unmerge, *forwards.values()]:
+        for expr in [delta, merge, unmerge, delta_bias, *forwards.values()]:
             if expr is not None:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
@@ -289,8 +324,12 @@ class _Planner:
         ]
         families = families_for(list(spec.layers))
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
-        scale = self.merge_form.scale
+        form = self.merge_form
+        scale = form.selected_scale() if form.composition == "selected" else form.scale
         reads_weight = "weight" in delta.names or (scale is not None and reads(scale, "weight"))
+        bias_plan = self.delta_bias_plan(delta_bias) if delta_bias is not None else None
+        reads_weight = reads_weight or (bias_plan is not None and bias_plan.reads_weight)
+        condition = form.input_condition() if form.composition == "selected" else None
         return MethodPlan(
             spec=spec,
             name=spec.name,
@@ -319,7 +358,51 @@ class _Planner:
             composition=self.merge_form.composition,
             scale=self.scale_plan(scale) if scale is not None else None,
             caches_base_weight=reads_weight,
+            selectors=[SelectorPlan(name, flag) for flag, name in self.flags.items()],
+            input_condition=self.condition_code(condition, self.stored_names()) if condition else None,
+            input_condition_update=self.condition_code(condition, self.update_layer_names()) if condition else None,
+            scales_bias=scales_bias,
+            delta_bias=bias_plan,
         )
+
+    def condition_code(self, condition: ast.expr, mapping: dict[str, str]) -> str:
+        expr = Expression(source=ast.unparse(condition), tree=condition, names=frozenset(_names_in(condition)))
+        return render(expr, mapping, _SCALAR_MATH)
+
+    def check_merge_bias(self) -> bool:
+        """Whether `merge_bias` scales the bias (checked against `merge`)."""
+        spec = self.spec
+        if spec.merge_bias is None or spec.unmerge_bias is None:
+            return False
+        names = self.tensor_names() | {"bias"}
+        merge_bias = self.parse("merge_bias", spec.merge_bias, names)
+        unmerge_bias = self.parse("unmerge_bias", spec.unmerge_bias, names)
+        if "Embedding" in spec.layers:
+            raise self.fail("merge_bias", "an Embedding has no bias: remove Embedding from `layers` or this field")
+        try:
+            return bias_scaling(merge_bias.tree, unmerge_bias.tree, self.merge_form)
+        except CompositionError as exc:
+            raise self.fail(exc.field, str(exc)) from None
+
+    def delta_bias_expr(self, forwards: dict[str, Expression]) -> Expression | None:
+        """`delta_bias`: an additive update of the base layer's bias (like LoRA's `lora_bias`)."""
+        if self.spec.delta_bias is None:
+            return None
+        expr = self.parse("delta_bias", self.spec.delta_bias, self.tensor_names())
+        if self.merge_form.composition != "additive":
+            raise self.fail("delta_bias", "adds to the bias, so it needs the additive merge (`weight + delta_weight`)")
+        if "Embedding" in self.spec.layers:
+            raise self.fail("delta_bias", "an Embedding has no bias to update: remove Embedding from `layers`")
+        for key, forward in forwards.items():
+            if "base" in forward.names:
+                raise self.fail(
+                    f"forward.{key}", "reads `base`, which would include `delta_bias`: write the forward as an addition"
+                )
+        return expr
+
+    def delta_bias_plan(self, expr: Expression) -> BiasPlan:
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        return BiasPlan(self.bindings(set(expr.names)), "weight" in expr.names, render(expr, dims))
 
     def check_composition(self, forwards: dict[str, Expression]) -> None:
         """With a scaling `merge`, the forward is derived from it (so that several active adapters give what
@@ -352,6 +435,10 @@ class _Planner:
             raise self.fail("dropout", f"hyperparameter `{name}` must be a float, not {self.hp[name].type}")
 
     def hyperparameter(self, name: str, hp: Hyperparameter) -> HyperparameterPlan:
+        if hp.type == "modules":
+            # typed like PEFT's `target_modules` / IA3's `feedforward_modules`
+            help_text = hp.help or f"The modules whose layers get `{hp.flag}` set"
+            return HyperparameterPlan(name, "Optional[Union[list[str], set[str], str]]", "None", help_text, [], hp)
         if hp.type == "list":
             annotation = f"Optional[list[{hp.item}]]"
         else:
@@ -411,13 +498,14 @@ class _Planner:
 
     def mark_stored(self, expr: Expression) -> None:
         for name in sorted(expr.names):
-            if name in self.hp or name in self.spec.derived:
+            if name in self.hp or name in self.spec.derived or name in self.flags:
                 self.stored.setdefault(name, None)
 
     # -- rendering helpers ----------------------------------------------------------------------------------
     def update_layer_names(self) -> dict[str, str]:
         """How spec names read inside `update_layer` (config values, derived locals, dims)."""
         mapping = {n: f"config.{n}" for n in self.hp}
+        mapping.update({flag: flag for flag in self.flags})  # update_layer's own arguments
         mapping.update({d: DIM_CODE[d] for d in self.dims})
         mapping.update(_SCALAR_CONST)
         return mapping
@@ -430,6 +518,8 @@ class _Planner:
         return mapping
 
     def scalar_plan(self, name: str) -> ScalarPlan:
+        if name in self.flags:
+            return ScalarPlan(name, f"{self.prefix}{name}", "bool", name)
         if name in self.hp:
             hp = self.hp[name]
             annotation = f"list[{hp.item}]" if hp.type == "list" else _PY_TYPES[hp.type]
@@ -531,6 +621,13 @@ class _Planner:
         )
 
     def merge_plan(self, expr: Expression, op: str) -> MergePlan:
+        if self.merge_form.composition == "selected":
+            condition = self.merge_form.input_condition()
+            scale = [("scale", "self._scale(adapter_name).to(orig_weight.dtype)")]
+            if condition is None:
+                return MergePlan(scale, [], False, f"weight {op} scale[:, None]")
+            indexed = "(scale[None, :] if self._scales_input(adapter_name) else scale[:, None])"
+            return MergePlan(scale, [], False, f"weight {op} {indexed}")
         if self.merge_form.composition != "additive":
             # the merge's vector is computed by `_scale`, which the forward uses too
             index = "[:, None]" if self.merge_form.composition == "output" else "[None, :]"
@@ -557,6 +654,11 @@ class _Planner:
         return ranks
 
     def layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
+        plan = self._layer_class(family, forward)
+        plan.uses_channel_view = plan.forward == "output_scale" or self.spec.delta_bias is not None
+        return plan
+
+    def _layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
         dims = {d: DIM_CODE[d] for d in self.dims}
         torch_classes, base_types = self.torch_classes(family), self.base_types(family)
         # dropout on an embedding's integer indices makes no sense (PEFT's LoRA skips it there too)
@@ -564,6 +666,9 @@ class _Planner:
         x_in = "dropout(x)" if use_dropout else "x"
         dropout = [("dropout", f"self.{self.prefix}dropout[adapter_name]")] if use_dropout else []
         composition = self.merge_form.composition
+        if composition == "selected":
+            # input-scaling adapters are applied by the shared forward; the class scales the output
+            return LayerClassPlan(family, torch_classes, base_types, "output_scale", [], "", "x", False)
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 
 LayerType = Literal["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
-HyperparameterType = Literal["int", "float", "bool", "str", "enum", "list"]
+HyperparameterType = Literal["int", "float", "bool", "str", "enum", "list", "modules"]
 InitName = Literal[
     "zeros",
     "ones",
@@ -47,7 +47,7 @@ RESERVED_NAMES = frozenset(
     {
         "x", "base", "weight", "torch", "F", "nn", "math", "self", "config", "adapter_name", "result", "layer_op",
         "in_features", "out_features", "num_embeddings", "embedding_dim", "in_channels", "out_channels",
-        "kernel_numel", "groups", "active_adapter", "kwargs", "args",
+        "kernel_numel", "groups", "active_adapter", "kwargs", "args", "bias",
     }
 )  # fmt: skip
 
@@ -106,6 +106,11 @@ class Hyperparameter(_Strict):
     choices: list[str] | None = Field(default=None, description="allowed values (enum)")
     item: Literal["int", "float", "str"] | None = Field(default=None, description="element type (list)")
     nullable: bool = Field(default=False, description="whether None is allowed (typed Optional[...])")
+    flag: str | None = Field(
+        default=None,
+        description="modules: the per-layer boolean, true on the layers the selector matches (like IA3's "
+        "`is_feedforward`), that expressions may read",
+    )
 
     @field_validator("help")
     @classmethod
@@ -139,6 +144,16 @@ class Hyperparameter(_Strict):
             raise FieldError("item", "`item` only applies to list")
         if self.type == "list" and self.item is None:
             raise FieldError("item", "a list needs `item` (int, float or str)")
+        if self.type == "modules":
+            # a module selector, typed like PEFT's `feedforward_modules`: None, a regex or a list of name suffixes
+            if self.flag is None:
+                raise FieldError("flag", "a `modules` selector needs `flag`: the name of its per-layer boolean")
+            if self.default is not None:
+                raise FieldError("default", "a `modules` selector defaults to None (it selects no module)")
+            check_names({self.flag: None})
+            return self
+        if self.flag is not None:
+            raise FieldError("flag", "`flag` only applies to a `modules` selector")
         _check_default(self)
         return self
 
@@ -255,6 +270,13 @@ class MethodSpec(_Strict):
     )
     merge: str | None = Field(default=None, description="new weight from `weight` (default: weight + delta)")
     unmerge: str | None = Field(default=None, description="inverse of `merge` (default: weight - delta)")
+    merge_bias: str | None = Field(
+        default=None, description="new bias from `bias` with a scaling merge (`bias * v`; default: bias unchanged)"
+    )
+    unmerge_bias: str | None = Field(default=None, description="inverse of `merge_bias` (`bias / v`)")
+    delta_bias: str | None = Field(
+        default=None, description="an additive bias update, shape (out_features,): added in forward and on merge"
+    )
     layers: list[LayerType] = Field(default_factory=lambda: list[LayerType](["Linear"]), min_length=1)
     peft_test_kwargs: dict[LayerType, dict[str, Any]] = Field(
         default_factory=dict,
@@ -330,6 +352,12 @@ class MethodSpec(_Strict):
                 if name in seen:
                     raise FieldError(f"{section}.{name}", f"`{name}` is already a name in `{seen[name]}`")
                 seen[name] = section
+        for hp_name, hp in self.hyperparameters.items():
+            if hp.flag is not None:
+                if hp.flag in seen or hp.flag in CONFIG_FIELDS:
+                    where = f"hyperparameters.{hp_name}.flag"
+                    raise FieldError(where, f"`{hp.flag}` is already a name ({seen.get(hp.flag, 'reserved')})")
+                seen[hp.flag] = f"hyperparameters.{hp_name}.flag"
         for layer_type, kwargs in self.peft_test_kwargs.items():
             unknown = set(kwargs) - set(self.hyperparameters)
             if unknown:
@@ -349,6 +377,9 @@ class MethodSpec(_Strict):
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
+        if (self.merge_bias is None) != (self.unmerge_bias is None):
+            missing = "unmerge_bias" if self.unmerge_bias is None else "merge_bias"
+            raise FieldError(missing, "`merge_bias` and `unmerge_bias` must be given together")
         return self
 
     @property
