@@ -22,7 +22,11 @@ from scaffold.verify import lint_generated, run_pytest
 
 
 REPO = Path(__file__).resolve().parent.parent
-SPECS = [REPO / "reference_methods" / "loha.yaml", REPO / "reference_methods" / "lokr.yaml"]
+SPECS = [
+    REPO / "reference_methods" / "loha.yaml",
+    REPO / "reference_methods" / "lokr.yaml",
+    REPO / "reference_methods" / "ia3.yaml",
+]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
 

@@ -2,9 +2,9 @@
 
 `reference_methods/ia3.yaml` (generated as `refia3`) is generated and registered into a PEFT 0.21.2 tree. This file
 is also the script run there (a subprocess with `PYTHONPATH=TREE/src`, so the tree's peft is the only one imported):
-for tiny one-layer models it puts PEFT's IA3 (`init_ia3_weights=False`: random vectors) on one copy and the generated
-method (`init_weights=False`) on another, copies PEFT's vectors across (PEFT stores them as (out, 1), (1, in) or
-(1, n, 1, 1); the spec as (n,)), and reports max absolute differences as JSON: forward, gradient, merged and
+for tiny one-layer models it puts PEFT's IA3 on one copy and the generated method on another, sets random vectors
+(entries of magnitude 0.5 to 1.5, random signs) in PEFT's layer and copies them across (PEFT stores them as (out, 1),
+(1, in) or (1, n, 1, 1); the spec as (n,)), and reports max absolute differences as JSON: forward, gradient, merged and
 unmerged weight AND bias (PEFT's IA3 scales the bias of output-scaled layers on merge), merge_and_unload, disabled
 adapters, two adapters active at once, and a mixed-adapter batch.
 
@@ -34,6 +34,9 @@ MODES = {"out": ("Linear", "Conv1D", "Conv2d", "Conv3d"), "ff": ("Linear", "Conv
 VARIANTS = ("single", "multi")
 CASE_NAMES = tuple(f"{layer}/{mode}/{variant}" for mode, layers in MODES.items() for layer in layers for variant in VARIANTS)
 REFUSED_CASE = "Conv2d/ff/refused"
+
+# copying a PEFT tree, generating into it and running every case takes ~50 s
+pytestmark = pytest.mark.slow
 
 DIFF_KEYS = (
     "forward",
@@ -156,6 +159,10 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
         if source.numel() != target.numel():
             raise AssertionError(f"PEFT's vector has {source.numel()} entries, the spec's {target.numel()}")
         with torch.no_grad():
+            # random magnitudes in [0.5, 1.5] and random signs instead of PEFT's randn: PEFT unmerges by dividing by
+            # `ia3_l + 1e-8`, so an entry near zero would measure that epsilon (documented in the spec), not the method
+            magnitude = torch.empty(source.shape).uniform_(0.5, 1.5)
+            source.copy_(magnitude * torch.where(torch.rand(source.shape) < 0.5, -1.0, 1.0))
             target.copy_(source.reshape(-1))
     if len(adapter_names) > 1:
         peft_model.base_model.set_adapter(adapter_names)

@@ -183,6 +183,7 @@ class MethodPlan:
     # selected composition: when an adapter scales the input, in `_scales_input` and in `update_layer`
     input_condition: str | None = None
     input_condition_update: str | None = None
+    input_flags: list[str] = field(default_factory=list)  # the flags that condition reads
     scales_bias: bool = False  # `merge_bias` scales the bias with the output (the forward scales the whole output)
     delta_bias: BiasPlan | None = None  # an additive bias update
     imports_math: bool = False
@@ -361,6 +362,7 @@ class _Planner:
             selectors=[SelectorPlan(name, flag) for flag, name in self.flags.items()],
             input_condition=self.condition_code(condition, self.stored_names()) if condition else None,
             input_condition_update=self.condition_code(condition, self.update_layer_names()) if condition else None,
+            input_flags=sorted(_names_in(condition) & set(self.flags)) if condition else [],
             scales_bias=scales_bias,
             delta_bias=bias_plan,
         )

@@ -31,10 +31,16 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             # PEFT's matrix expects identity init here (test_disable_adapters compares with the base model);
             # non-trivial adapters are exercised by the multi-adapter cases below, as PEFT does.
             cases.append((f"Vanilla {label} {title}", model_id, dict(kwargs)))
+            for selector in _selectable(plan, layer_type):
+                # the same module selected: its layers get the selector's flag (like PEFT's feedforward IA3 rows)
+                cases.append((f"Vanilla {label} {title} {selector}", model_id, {**kwargs, selector: list(targets)}))
     if "Linear" in plan.spec.layers:
         cases.append(
             (f"MLP {title} modules_to_save", "MLP", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})
         )
+        for selector in _selectable(plan, "Linear"):
+            # a selector given as a regex (full match), as PEFT's feedforward_modules may be
+            cases.append((f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0"}))
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if "Linear" in plan.spec.layers:
         multi.append(
@@ -51,6 +57,14 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
                 {"target_modules": ["lin1"], "init_weights": False},
             )
         )
+        for selector in _selectable(plan, "Linear"):
+            multi.append(
+                (
+                    f"{title} {selector} Different",
+                    {"target_modules": ["lin0"], selector: ["lin0"], "init_weights": False},
+                    {"target_modules": ["lin1"], "init_weights": False},
+                )
+            )
     return MethodRegistration(
         name=plan.name,
         peft_type=plan.peft_type,
@@ -63,3 +77,10 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
         docs_title=title,
         docs_summary=plan.spec.summary,
     )
+
+
+def _selectable(plan: MethodPlan, layer_type: str) -> list[str]:
+    """The `modules` hyperparameters whose flag a layer of this type accepts: a layer that would scale its input is
+    refused by the generated code unless it is a Linear or Conv1D."""
+    refused = set(plan.input_flags) if layer_type not in ("Linear", "Conv1D") else set()
+    return [selector.name for selector in plan.selectors if selector.flag not in refused]
