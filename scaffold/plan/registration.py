@@ -31,14 +31,14 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             # PEFT's matrix expects identity init here (test_disable_adapters compares with the base model);
             # non-trivial adapters are exercised by the multi-adapter cases below, as PEFT does.
             cases.append((f"Vanilla {label} {title}", model_id, dict(kwargs)))
-            for selector in _selectable(plan, layer_type):
+            for selector in selectable(plan, layer_type):
                 # the same module selected: its layers get the selector's flag (like PEFT's feedforward IA3 rows)
                 cases.append((f"Vanilla {label} {title} {selector}", model_id, {**kwargs, selector: list(targets)}))
     if "Linear" in plan.spec.layers:
         cases.append(
             (f"MLP {title} modules_to_save", "MLP", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})
         )
-        for selector in _selectable(plan, "Linear"):
+        for selector in selectable(plan, "Linear"):
             # a selector given as a regex (full match), as PEFT's feedforward_modules may be
             cases.append((f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0"}))
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
@@ -57,7 +57,7 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
                 {"target_modules": ["lin1"], "init_weights": False},
             )
         )
-        for selector in _selectable(plan, "Linear"):
+        for selector in selectable(plan, "Linear"):
             multi.append(
                 (
                     f"{title} {selector} Different",
@@ -79,7 +79,7 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
     )
 
 
-def _selectable(plan: MethodPlan, layer_type: str) -> list[str]:
+def selectable(plan: MethodPlan, layer_type: str) -> list[str]:
     """The `modules` hyperparameters whose flag a layer of this type accepts: a layer that would scale its input is
     refused by the generated code unless it is a Linear or Conv1D."""
     refused = set(plan.input_flags) if layer_type not in ("Linear", "Conv1D") else set()

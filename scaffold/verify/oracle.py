@@ -55,8 +55,11 @@ _DESCRIPTIVE_FIELDS = frozenset(
     }
 )  # fmt: skip
 _MATH_FIELDS = frozenset(
-    {"hyperparameters", "derived", "dropout", "weights", "delta_weight", "forward", "merge", "unmerge", "layers"}
-)
+    {
+        "hyperparameters", "derived", "dropout", "weights", "delta_weight", "forward", "merge", "unmerge", "layers",
+        "merge_bias", "unmerge_bias", "delta_bias",
+    }
+)  # fmt: skip
 KNOWN_SPEC_FIELDS = _DESCRIPTIVE_FIELDS | _MATH_FIELDS
 # Weight fields: the oracle takes weight values as given, so initialisers do not matter to it.
 KNOWN_WEIGHT_FIELDS = frozenset({"shape", "init", "random_init", "init_by_layer", "trainable", "shared"})
@@ -170,14 +173,19 @@ class BaseLayer:
         kernel = matrix.reshape(matrix.shape[0], -1, *self.kernel_size)
         return conv(x.to(matrix.dtype), kernel, None, self.stride, self.padding, self.dilation, self.groups)
 
-    def output(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """The layer's output with the canonical weight `matrix` (bias included)."""
+    def output(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output with the canonical weight `matrix` (bias included: its own, or `bias`)."""
         result = self.apply(x, matrix)
-        if self.bias is None:
+        bias = self.bias if bias is None else bias
+        if bias is None:
             return result
+        return self.add_per_channel(result, bias)
+
+    def add_per_channel(self, result: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """`result` plus a vector of out_features, broadcast like a bias."""
         if self.layer_type.startswith("Conv") and self.layer_type != "Conv1D":
-            return result + self.bias.reshape(-1, *([1] * (result.dim() - 2)))
-        return result + self.bias
+            return result + vector.reshape(-1, *([1] * (result.dim() - 2)))
+        return result + vector
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -353,6 +361,8 @@ class Adapter:
 
     hyperparameters: Mapping[str, Any]
     weights: Mapping[str, torch.Tensor]
+    # the per-layer booleans of `modules` hyperparameters (`flag`), for this adapter on this layer; default False
+    flags: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -367,7 +377,9 @@ class Oracle:
         if unknown:
             raise OracleUnsupported(f"spec field(s) unknown to the oracle: {', '.join(unknown)}")
         spec = self.spec
-        names = set(spec.hyperparameters) | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
+        self._flags = [hp.flag for hp in spec.hyperparameters.values() if hp.flag is not None]
+        values = {n for n, hp in spec.hyperparameters.items() if hp.type != "modules"} | set(self._flags)
+        names = values | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
         tensor_names = names | {"x", "base", "delta_weight"}
         functions = {"dropout", "layer_op"}
         self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
@@ -377,7 +389,11 @@ class Oracle:
             self._exprs["unmerge"] = parse_expression(spec.unmerge, names=names | {"delta_weight"})
         for key, text in spec.forward.items():
             self._exprs[f"forward.{key}"] = parse_expression(text, names=tensor_names, functions=functions)
-        scalar_names = set(spec.hyperparameters) | set(_ALL_DIMS)
+        for key in ("merge_bias", "unmerge_bias", "delta_bias"):
+            text = getattr(spec, key)
+            if text is not None:
+                self._exprs[key] = parse_expression(text, names=names | {"bias"})
+        scalar_names = values | set(_ALL_DIMS)
         for name, source in spec.derived.items():
             self._exprs[f"derived.{name}"] = parse_expression(source, names=scalar_names, tensor=False)
             scalar_names.add(name)
@@ -388,7 +404,10 @@ class Oracle:
         spec = self.spec
         env: dict[str, Any] = dict(layer.dims())
         for name, hp in spec.hyperparameters.items():
-            env[name] = adapter.hyperparameters.get(name, hp.default)
+            if hp.type != "modules":  # a selector is read through its flag
+                env[name] = adapter.hyperparameters.get(name, hp.default)
+        for flag in self._flags:
+            env[flag] = bool(adapter.flags.get(flag, False))
         for name in spec.derived:
             env[name] = evaluate_scalar(self._exprs[f"derived.{name}"], env)
         env.pop(spec.dropout or "", None)
@@ -433,19 +452,47 @@ class Oracle:
             current = self._merge_step("unmerge", layer, current, adapter)
         return layer.from_canonical(current)
 
+    # -- the bias ---------------------------------------------------------------------------------------------------
+    def _bias_step(self, which: str, layer: BaseLayer, current: torch.Tensor, adapter: Adapter) -> torch.Tensor:
+        env = {**self._env(layer, adapter), "bias": current}
+        if "delta_bias" in self._exprs:
+            delta = evaluate(self._exprs["delta_bias"], env)
+            return current + delta if which == "merge" else current - delta
+        if f"{which}_bias" in self._exprs:
+            return evaluate(self._exprs[f"{which}_bias"], env)
+        return current
+
+    def merged_bias(self, layer: BaseLayer, adapters: Sequence[Adapter]) -> torch.Tensor | None:
+        """The base bias after merging `adapters` in order (None: the layer has none)."""
+        if layer.bias is None:
+            return None
+        current = layer.bias
+        for adapter in adapters:
+            current = self._bias_step("merge", layer, current, adapter)
+        return current
+
+    def unmerged_bias(self, layer: BaseLayer, merged: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
+        current = merged.detach().double()
+        for adapter in reversed(adapters):
+            current = self._bias_step("unmerge", layer, current, adapter)
+        return current
+
     def forward(self, layer: BaseLayer, x: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
         """The adapted layer's output with `adapters` active (evaluation mode)."""
         x = x.detach()
         if x.is_floating_point():
             x = x.double()
-        if len(adapters) > 1 and self.spec.merge is not None:
-            # non-additive: several active adapters compute what the layer with all of them merged computes
-            return layer.output(x, self.merged_canonical(layer, adapters))
+        if self.spec.merge is not None and (len(adapters) > 1 or "merge_bias" in self._exprs):
+            # non-additive: the active adapters compute what the layer with all of them merged computes (its bias
+            # merged too)
+            return layer.output(x, self.merged_canonical(layer, adapters), self.merged_bias(layer, adapters))
         result = layer.output(x, layer.canonical_weight)
         key = f"forward.{FORWARD_KEY[layer.layer_type]}"
         for adapter in adapters:
             env = self._env(layer, adapter)
             delta = evaluate(self._exprs["delta_weight"], env)
+            if "delta_bias" in self._exprs:  # added to the output as it is added to the bias on merge
+                result = layer.add_per_channel(result, evaluate(self._exprs["delta_bias"], env))
             if key not in self._exprs:
                 result = result + layer.apply(x, delta)
                 continue

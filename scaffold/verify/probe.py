@@ -134,6 +134,9 @@ class _MethodProbe:
         self.layer_cls = getattr(module, self.plan.layer_cls)
         self.oracle: Any = None
         self.oracle_error = ""
+        # `modules` hyperparameters set to select the probed layer for the first adapter (not the second): its flag is
+        # then true for one adapter and false for the other
+        self.selected: list[str] = []
         try:
             from scaffold.verify.oracle import Oracle, OracleUnsupported
 
@@ -145,17 +148,19 @@ class _MethodProbe:
             self.oracle_error = str(exc)
 
     # -- models ---------------------------------------------------------------------------------------------------
-    def config(self, init_weights: bool, fan_in_fan_out: bool) -> Any:
+    def config(self, init_weights: bool, fan_in_fan_out: bool, select: bool = False) -> Any:
         kwargs: dict[str, Any] = {"target_modules": ["layer"], "init_weights": init_weights}
         if fan_in_fan_out:
             kwargs["fan_in_fan_out"] = True
+        if select:
+            kwargs.update({name: ["layer"] for name in self.selected})
         return self.config_cls(**kwargs)
 
     def model(self, base: Any, fan_in_fan_out: bool, *, init_weights: bool = False, adapters: int = 1) -> Any:
         """`base` (copied) with `adapters` adapters ("default", "other"), all active, in eval mode."""
         from peft import get_peft_model
 
-        model = get_peft_model(copy.deepcopy(base), self.config(init_weights, fan_in_fan_out))
+        model = get_peft_model(copy.deepcopy(base), self.config(init_weights, fan_in_fan_out, select=True))
         names = ["default"]
         for index in range(1, adapters):
             name = ["other", "third"][index - 1]
@@ -176,13 +181,18 @@ class _MethodProbe:
 
         weights = {w.name: getattr(layer, w.attr)[adapter] for w in self.plan.weights}
         hyperparameters = {name: getattr(config, name) for name in self.spec.hyperparameters}
-        return Adapter(hyperparameters, weights)
+        # a flag is stored on the layer when the spec reads it
+        flags = {s.flag: getattr(layer, f"{self.plan.prefix}{s.flag}", {}).get(adapter, False) for s in self.plan.selectors}
+        return Adapter(hyperparameters, weights, flags)
 
     # -- checks ---------------------------------------------------------------------------------------------------
     def run_layer(self, layer_type: str, seed: int) -> dict[str, dict[str, Any]]:
         import torch
 
+        from scaffold.plan.registration import selectable
+
         results: dict[str, dict[str, Any]] = {}
+        self.selected = selectable(self.plan, layer_type)
 
         def record(check: str, run: Callable[[], tuple[float | None, bool, str]]) -> None:
             torch.manual_seed(seed + 7)
@@ -199,6 +209,7 @@ class _MethodProbe:
         base_module, x, fan_in_fan_out = make_layer(layer_type)
         base = _one_layer_net(base_module).eval()
         base_weight = base_module.weight.detach().clone()
+        base_bias = None if getattr(base_module, "bias", None) is None else base_module.bias.detach().clone()
         with torch.no_grad():
             base_out = base(x)
 
@@ -249,7 +260,9 @@ class _MethodProbe:
             peft_model.merge_adapter()
             peft_model.unmerge_adapter()
             value = rel_diff(layer.get_base_layer().weight, base_weight)
-            return value, within(value), f"base weight off by {value:.3g} after merge + unmerge"
+            if base_bias is not None:  # merging may change the bias too (`merge_bias`, `delta_bias`)
+                value = max(value, rel_diff(layer.get_base_layer().bias, base_bias))
+            return value, within(value), f"base weight or bias off by {value:.3g} after merge + unmerge"
 
         @torch.no_grad()
         def merge_matches_forward() -> tuple[float, bool, str]:
@@ -343,11 +356,20 @@ class _MethodProbe:
                 peft_model, layer, values = model(adapters)
                 peft_model.merge_adapter()
                 merged = layer.get_base_layer().weight.detach().clone()
+                bias = getattr(layer.get_base_layer(), "bias", None)
+                merged_bias = None if bias is None else bias.detach().clone()
                 if not then_unmerge:
-                    return compare(merged, oracle.merged_weight(reference, values), "merged weight")
+                    found = compare(merged, oracle.merged_weight(reference, values), "merged weight")
+                    if merged_bias is None:
+                        return found
+                    return max(found, compare(merged_bias, oracle.merged_bias(reference, values), "merged bias"))
                 peft_model.unmerge_adapter()
                 expected = oracle.unmerged_weight(reference, merged, values)
-                return compare(layer.get_base_layer().weight, expected, "unmerged weight")
+                found = compare(layer.get_base_layer().weight, expected, "unmerged weight")
+                if merged_bias is None:
+                    return found
+                expected_bias = oracle.unmerged_bias(reference, merged_bias, values)
+                return max(found, compare(layer.get_base_layer().bias, expected_bias, "unmerged bias"))
 
             return run
 
