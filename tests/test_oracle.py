@@ -153,6 +153,54 @@ def test_oracle_non_additive_methods_compose_like_their_merge():
     assert torch.allclose(oracle.forward(layer, x, [first, second]), x.double() @ both.T + b)
 
 
+def test_oracle_ia3_scales_the_output_with_its_bias_or_the_input_per_layer_flag():
+    """refia3: without the flag the output is scaled, bias included (merge_bias); with it the input is scaled and the
+    bias left alone; two adapters with different flags compose like their merges (the scalings commute)."""
+    torch.manual_seed(4)
+    oracle = Oracle(load_spec(REPO / "reference_methods" / "ia3.yaml"))
+    module, x, _ = make_layer("Linear")
+    layer = BaseLayer.of("Linear", module)
+    W, b, xd = module.weight.detach().double(), module.bias.detach().double(), x.double()
+    out_vec, in_vec = 1 + 0.3 * torch.randn(12), 1 + 0.3 * torch.randn(8)
+    output = Adapter({}, {"ia3_l": out_vec})
+    feedforward = Adapter({}, {"ia3_l": in_vec}, flags={"is_feedforward": True})
+    v, u = out_vec.double(), in_vec.double()
+    assert torch.allclose(oracle.forward(layer, x, [output]), (xd @ W.T + b) * v)
+    assert torch.allclose(oracle.merged_bias(layer, [output]), b * v)
+    assert torch.allclose(oracle.forward(layer, x, [feedforward]), (xd * u) @ W.T + b)
+    assert torch.allclose(oracle.merged_bias(layer, [feedforward]), b)
+    merged = W * u[None, :] * v[:, None]
+    assert torch.allclose(oracle.merged_weight(layer, [feedforward, output]), merged)
+    assert torch.allclose(oracle.forward(layer, x, [output, feedforward]), ((xd * u) @ W.T + b) * v)
+    assert torch.allclose(oracle.unmerged_bias(layer, b * v, [feedforward, output]), b)
+
+
+def test_oracle_bias_update_adds_in_forward_and_on_merge():
+    torch.manual_seed(5)
+    oracle = Oracle(load_spec(REPO / "tests" / "specs" / "biasshift.yaml"))
+    module, x, _ = make_layer("Conv2d")
+    layer = BaseLayer.of("Conv2d", module)
+    dims = layer.dims()
+    adapters = [
+        Adapter(
+            {"r": 2, "alpha": 3.0},
+            {
+                "lora_A": torch.randn(2, dims["in_features"]),
+                "lora_B": torch.randn(dims["out_features"], 2),
+                "db": torch.randn(dims["out_features"]),
+            },
+        )
+        for _ in range(2)
+    ]
+    b = module.bias.detach().double()
+    shift = sum(a.weights["db"].double() * 1.5 for a in adapters)
+    merged = oracle.merged_canonical(layer, adapters)
+    assert torch.allclose(oracle.merged_bias(layer, adapters), b + shift)
+    expected = layer.output(x.double(), merged, b + shift)
+    assert torch.allclose(oracle.forward(layer, x, adapters), expected)
+    assert torch.allclose(oracle.unmerged_bias(layer, b + shift, adapters), b)
+
+
 def test_the_walker_covers_the_language():
     names = {"v", "w", "r", "flag"}
     env = {"v": torch.tensor([1.0, -2.0, 3.0]), "w": torch.ones(3, 2), "r": 4, "flag": False}

@@ -379,8 +379,6 @@ class _Planner:
         names = self.tensor_names() | {"bias"}
         merge_bias = self.parse("merge_bias", spec.merge_bias, names)
         unmerge_bias = self.parse("unmerge_bias", spec.unmerge_bias, names)
-        if "Embedding" in spec.layers:
-            raise self.fail("merge_bias", "an Embedding has no bias: remove Embedding from `layers` or this field")
         try:
             return bias_scaling(merge_bias.tree, unmerge_bias.tree, self.merge_form)
         except CompositionError as exc:
