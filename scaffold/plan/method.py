@@ -139,10 +139,13 @@ class LayerClassPlan:
     reads_base: bool = False  # spec forward that uses `base`: its value is the output
     # the forward broadcasts a per-channel vector over the output (`family.channel_view`), which differs by conv dim
     uses_channel_view: bool = False
+    selected: bool = False  # the merge chooses input or output scaling per adapter (a condition)
 
     @property
     def forward_summary(self) -> str:
         summary = _FORWARD_SUMMARIES[self.forward]
+        if self.selected:
+            summary = "scales the input or the output by the merge's vector, as each adapter's condition selects"
         if self.forward == "factored" and self.family.kind == "conv":
             summary += " (a grouped convolution, groups > 1, materialises ΔW)"
         return summary
@@ -668,7 +671,7 @@ class _Planner:
         composition = self.merge_form.composition
         if composition == "selected":
             # input-scaling adapters are applied by the shared forward; the class scales the output
-            return LayerClassPlan(family, torch_classes, base_types, "output_scale", [], "", "x", False)
+            return LayerClassPlan(family, torch_classes, base_types, "output_scale", [], "", "x", False, selected=True)
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
