@@ -94,7 +94,19 @@ def test_bias_update_plan_and_code_follow_lora_bias(tmp_path: Path) -> None:
     assert "result = result + self._delta_bias(adapter_name)[:, None, None].to(result.dtype)" in layer
 
 
+def test_bias_only_method_leaves_the_weight_alone(tmp_path: Path) -> None:
+    spec = REPO / "reference_methods" / "beft.yaml"
+    plan = build_plan(load_spec(spec))
+    assert plan.spec.delta_weight is None and plan.delta.expression == ""
+    assert {lc.forward for lc in plan.layer_classes} == {"bias_only"}
+    layer = _files(spec, tmp_path)["layer.py"]
+    assert "return torch.zeros(self.out_features, self.in_features, dtype=weight.dtype, device=weight.device)" in layer
+    merged_weight = layer.split("def _merged_weight", 1)[1].split("def ", 1)[0]
+    assert "return orig_weight\n" in merged_weight and "get_delta_weight" not in merged_weight
+
+
 _IA3 = yaml.safe_load(IA3.read_text(encoding="utf-8"))
+_BEFT = yaml.safe_load((REPO / "reference_methods" / "beft.yaml").read_text(encoding="utf-8"))
 _BIAS = yaml.safe_load(BIASSHIFT.read_text(encoding="utf-8"))
 _SELECTOR = _IA3["hyperparameters"]["feedforward_modules"]
 
@@ -159,6 +171,9 @@ REFUSED = [
         _with(_IA3, delta_bias="ia3_l", merge_bias=None, unmerge_bias=None),
         "delta_bias",
     ),
+    ("no-delta-at-all", _with(_BEFT, delta_bias=None), "delta_weight"),
+    ("bias-only-with-merge", _with(_BEFT, merge="weight * 2", unmerge="weight / 2"), "merge"),
+    ("bias-only-with-forward", _with(_BEFT, forward={"Linear": "x @ weight.T * 0"}), "forward.Linear"),
     (
         "delta-bias-forward-reads-base",
         _with(_BIAS, forward={"Linear": "base + layer_op(x, delta_weight)"}),

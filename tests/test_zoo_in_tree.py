@@ -1,9 +1,10 @@
-"""The reference LyCORIS specs (reference_methods/loha.yaml, lokr.yaml) in a real PEFT 0.21.2 tree.
+"""The reference specs of PEFT's method zoo (reference_methods/loha.yaml, lokr.yaml, ia3.yaml, beft.yaml) and an unseen
+spec using the bias update (tests/specs/biasshift.yaml) in a real PEFT 0.21.2 tree.
 
-Both are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
+All are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
 (tests/test_custom_models.py and tests/test_config.py, the rows the registrar added) passes with 0 failed, the
 generated tests pass, and ruff (PEFT's settings) and mypy report nothing on the generated code. Numerical parity
-with PEFT's LoHa/LoKr is tests/test_zoo_parity.py.
+with PEFT's LoHa/LoKr is tests/test_zoo_parity.py, with PEFT's IA3 and BEFT tests/test_zoo_parity_ia3.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ SPECS = [
     REPO / "reference_methods" / "loha.yaml",
     REPO / "reference_methods" / "lokr.yaml",
     REPO / "reference_methods" / "ia3.yaml",
+    REPO / "reference_methods" / "beft.yaml",
+    # an unseen spec using a feature the reference specs do not: an additive bias update next to a LoRA update
+    REPO / "tests" / "specs" / "biasshift.yaml",
 ]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"

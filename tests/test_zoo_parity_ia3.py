@@ -1,4 +1,4 @@
-"""The reference IA3 spec is numerically PEFT's own IA3, in both of its modes.
+"""The reference IA3 spec is numerically PEFT's own IA3, in both of its modes; the reference BEFT spec is PEFT's BEFT.
 
 `reference_methods/ia3.yaml` (generated as `refia3`) is generated and registered into a PEFT 0.21.2 tree. This file
 is also the script run there (a subprocess with `PYTHONPATH=TREE/src`, so the tree's peft is the only one imported):
@@ -12,6 +12,9 @@ Modes: `out` (the layer is not in `feedforward_modules`: the output is scaled, b
 both support (nn.Linear, transformers' Conv1D, nn.Conv2d, nn.Conv3d); `ff` (the layer is in `feedforward_modules`:
 the input is scaled) on nn.Linear and Conv1D. PEFT's feed-forward convolutions scale input channels, which the spec
 cannot express: the generated Conv2d refuses them (case `Conv2d/ff/refused`).
+
+`reference_methods/beft.yaml` (`refbeft`, a method without `delta_weight`: it only updates the bias) is generated into
+the same tree and compared with PEFT's BEFT the same way on nn.Linear (cases `beft/Linear/...`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = REPO_ROOT / "reference_methods" / "ia3.yaml"
+BEFT_SPEC = REPO_ROOT / "reference_methods" / "beft.yaml"
 JSON_MARKER = "ZOO_PARITY_IA3_JSON: "
 TOLERANCE = 1e-5
 MIN_EFFECT = 1e-3
 
 MODES = {"out": ("Linear", "Conv1D", "Conv2d", "Conv3d"), "ff": ("Linear", "Conv1D")}
 VARIANTS = ("single", "multi")
-CASE_NAMES = tuple(f"{layer}/{mode}/{variant}" for mode, layers in MODES.items() for layer in layers for variant in VARIANTS)
+IA3_CASES = tuple(f"{layer}/{mode}/{variant}" for mode, layers in MODES.items() for layer in layers for variant in VARIANTS)
+BEFT_CASES = tuple(f"beft/Linear/{variant}" for variant in VARIANTS)
+CASE_NAMES = IA3_CASES + BEFT_CASES
 REFUSED_CASE = "Conv2d/ff/refused"
 
 # copying a PEFT tree, generating into it and running every case takes ~50 s
@@ -70,6 +76,7 @@ def parity_report(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("zoo-parity-ia3") / "peft")
     generate_into_tree(tree, SPEC)
+    generate_into_tree(tree, BEFT_SPEC)
     return run_script_in_tree(Path(__file__), tree, JSON_MARKER, what="IA3 parity script")
 
 
@@ -93,6 +100,8 @@ def test_reference_spec_matches_peft(parity_report: dict[str, Any], case: str) -
     multi = case.endswith("/multi")
     expected = DIFF_KEYS + (MULTI_ONLY_DIFF_KEYS if multi else SINGLE_ONLY_DIFF_KEYS)
     effects = EFFECT_KEYS + (() if multi else SINGLE_ONLY_EFFECT_KEYS)
+    if case.startswith("beft/"):  # the bias moves, the weight does not
+        effects = tuple(k for k in effects if k != "effect_merged_weight") + ("effect_merged_bias",)
     effects += OUT_ONLY_EFFECT_KEYS if "/out/" in case else ()
     missing = [key for key in expected + effects if key not in result]
     assert not missing, f"{case}: quantities not measured: {missing}"
@@ -119,8 +128,14 @@ def _models(layer: Any, mode: str, adapter_names: list[str]) -> tuple[Any, Any]:
     feedforward = ["layer"] if mode == "ff" else []
     peft_model = gen_model = None
     for name in adapter_names:
-        peft_config = peft.IA3Config(target_modules=["layer"], feedforward_modules=feedforward, init_ia3_weights=False)
-        gen_config = peft.RefIA3Config(target_modules=["layer"], feedforward_modules=feedforward, init_weights=False)
+        if mode == "beft":
+            peft_config = peft.BeftConfig(target_modules=["layer"], init_weights=False)
+            gen_config = peft.RefBeftConfig(target_modules=["layer"], init_weights=False)
+        else:
+            peft_config = peft.IA3Config(
+                target_modules=["layer"], feedforward_modules=feedforward, init_ia3_weights=False
+            )
+            gen_config = peft.RefIA3Config(target_modules=["layer"], feedforward_modules=feedforward, init_weights=False)
         if peft_model is None:
             peft_model = peft.get_peft_model(copy.deepcopy(base), peft_config, adapter_name=name)
             gen_model = peft.get_peft_model(copy.deepcopy(base), gen_config, adapter_name=name)
@@ -137,11 +152,15 @@ def _bias(layer: Any) -> Any:
 def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
     import torch
 
+    from peft.tuners.beft.layer import BeftLayer
     from peft.tuners.ia3.layer import IA3Layer
+    from peft.tuners.refbeft.layer import RefBeftLayer
     from peft.tuners.refia3.layer import RefIA3Layer
     from tests.parity_helpers import make_case, max_abs_diff, one_layer_net, only_tuner_layer
 
-    torch.manual_seed(3000 + CASE_NAMES.index(f"{layer_type}/{mode}/{variant}"))
+    beft = mode == "beft"
+    case = f"beft/{layer_type}/{variant}" if beft else f"{layer_type}/{mode}/{variant}"
+    torch.manual_seed(3000 + CASE_NAMES.index(case))
     layer, x, _ = make_case(layer_type)
     base = one_layer_net(layer).eval()
     base_weight = base.layer.weight.detach().clone()
@@ -151,11 +170,14 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
 
     adapter_names = ["default"] if variant == "single" else ["default", "other"]
     peft_model, gen_model = _models(layer, mode, adapter_names)
-    peft_layer = only_tuner_layer(peft_model, IA3Layer)
-    gen_layer = only_tuner_layer(gen_model, RefIA3Layer)
+    peft_layer = only_tuner_layer(peft_model, BeftLayer if beft else IA3Layer)
+    gen_layer = only_tuner_layer(gen_model, RefBeftLayer if beft else RefIA3Layer)
+    gen_cls = RefBeftLayer if beft else RefIA3Layer
+    peft_vectors = peft_layer.beft_bias if beft else peft_layer.ia3_l
+    gen_vectors = gen_layer.refbeft_beft_bias if beft else gen_layer.refia3_ia3_l
     for name in adapter_names:
-        source = peft_layer.ia3_l[name]
-        target = gen_layer.refia3_ia3_l[name]
+        source = peft_vectors[name]
+        target = gen_vectors[name]
         if source.numel() != target.numel():
             raise AssertionError(f"PEFT's vector has {source.numel()} entries, the spec's {target.numel()}")
         with torch.no_grad():
@@ -175,8 +197,8 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
         target_out = torch.randn_like(base_out)
         (peft_model(x) * target_out).sum().backward()
         (gen_model(x) * target_out).sum().backward()
-        peft_grad = peft_layer.ia3_l["default"].grad.reshape(-1)
-        gen_grad = gen_layer.refia3_ia3_l["default"].grad
+        peft_grad = peft_vectors["default"].grad.reshape(-1)
+        gen_grad = gen_vectors["default"].grad
         out["grad"] = max_abs_diff(gen_grad, peft_grad) / max(1.0, peft_grad.abs().max().item())
         out["effect_grad"] = peft_grad.abs().max().item()
     peft_model.eval()
@@ -220,8 +242,8 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
             out["disabled_forward"] = max_abs_diff(gen_model(x), base_out)
         peft_unloaded = peft_model.merge_and_unload()
         gen_unloaded = gen_model.merge_and_unload()
-        if any(isinstance(m, RefIA3Layer) for m in gen_unloaded.modules()):
-            raise AssertionError("merge_and_unload left RefIA3 layers in the model")
+        if any(isinstance(m, gen_cls) for m in gen_unloaded.modules()):
+            raise AssertionError(f"merge_and_unload left {gen_cls.__name__} layers in the model")
         out["merge_and_unload"] = max_abs_diff(gen_unloaded(x), peft_unloaded(x))
     return out
 
@@ -249,6 +271,7 @@ def _script_main(tree: str) -> int:
         for layer in layers
         for variant in VARIANTS
     ]
+    cases += [(f"beft/Linear/{variant}", functools.partial(_run_case, "Linear", "beft", variant)) for variant in VARIANTS]
     cases.append((REFUSED_CASE, _refused_case))
     return report_cases(tree, JSON_MARKER, cases)
 

@@ -113,7 +113,7 @@ class SelectorPlan:
     flag: str
 
 
-ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale"]
+ForwardKind = Literal["spec", "factored", "dense", "output_scale", "input_scale", "bias_only"]
 
 _FORWARD_SUMMARIES: dict[str, str] = {
     "spec": "the spec's forward",
@@ -121,6 +121,7 @@ _FORWARD_SUMMARIES: dict[str, str] = {
     "dense": "materialises ΔW (out_features × in_features) on every call: O(out × in) time and memory",
     "output_scale": "scales the output by the merge's vector (adapters chain as their merges do)",
     "input_scale": "scales the input by the merge's vector (adapters chain as their merges do)",
+    "bias_only": "adds delta_bias to the output (the weight is left alone)",
 }
 
 
@@ -300,7 +301,8 @@ class _Planner:
         hyperparameters = [self.hyperparameter(n, h) for n, h in self.hp.items()]
         derived_exprs = self.derived()
         weights_exprs = {n: self.weight_shape(n, w) for n, w in spec.weights.items()}
-        delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names())
+        # None: a method that only updates the bias (`delta_bias`), whose weight update is zero
+        delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names()) if spec.delta_weight else None
         merge = unmerge = None
         if spec.merge is not None and spec.unmerge is not None:
             merge = self.parse("merge", spec.merge, self.tensor_names() | {"delta_weight"})
@@ -330,7 +332,7 @@ class _Planner:
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
         form = self.merge_form
         scale = form.selected_scale() if form.composition == "selected" else form.scale
-        reads_weight = "weight" in delta.names or (scale is not None and reads(scale, "weight"))
+        reads_weight = (delta is not None and "weight" in delta.names) or (scale is not None and reads(scale, "weight"))
         bias_plan = self.delta_bias_plan(delta_bias) if delta_bias is not None else None
         reads_weight = reads_weight or (bias_plan is not None and bias_plan.reads_weight)
         condition = form.input_condition() if form.composition == "selected" else None
@@ -396,6 +398,10 @@ class _Planner:
             raise self.fail("delta_bias", "adds to the bias, so it needs the additive merge (`weight + delta_weight`)")
         if "Embedding" in self.spec.layers:
             raise self.fail("delta_bias", "an Embedding has no bias to update: remove Embedding from `layers`")
+        if self.delta is None and forwards:
+            raise self.fail(
+                f"forward.{next(iter(forwards))}", "a method without `delta_weight` adds `delta_bias`: remove the entry"
+            )
         for key, forward in forwards.items():
             if "base" in forward.names:
                 raise self.fail(
@@ -612,7 +618,10 @@ class _Planner:
         """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value)."""
         return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
 
-    def delta_plan(self, delta: Expression) -> DeltaPlan:
+    def delta_plan(self, delta: Expression | None) -> DeltaPlan:
+        if delta is None:
+            # `_canonical_delta` returns zeros of the weight's shape
+            return DeltaPlan([], next(iter(self.spec.weights)), [], False, "")
         used_weights = [n for n in self.spec.weights if n in delta.names] or [next(iter(self.spec.weights))]
         dims = {d: DIM_CODE[d] for d in self.dims}
         return DeltaPlan(
@@ -675,6 +684,8 @@ class _Planner:
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
+        if self.delta is None:
+            return LayerClassPlan(family, torch_classes, base_types, "bias_only", [], "", "x", False)
         if forward is not None:
             names = set(forward.names)
             bindings = self.bindings(names)

@@ -264,7 +264,11 @@ class MethodSpec(_Strict):
     )
     dropout: str | None = Field(default=None, description="float hyperparameter used as dropout on the input")
     weights: Annotated[dict[str, Weight], Field(min_length=1)]
-    delta_weight: str = Field(description="the update as an (out_features, in_features) tensor expression")
+    delta_weight: str | None = Field(
+        default=None,
+        description="the update as an (out_features, in_features) tensor expression; required unless `delta_bias` "
+        "is given (a method that only updates the bias)",
+    )
     forward: dict[LayerType, str] = Field(
         default_factory=dict, description="faster forward per layer type; default: base output + x through delta"
     )
@@ -377,6 +381,11 @@ class MethodSpec(_Strict):
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
+        if self.delta_weight is None:
+            if self.delta_bias is None:
+                raise FieldError("delta_weight", "is required (a method that only updates the bias gives `delta_bias`)")
+            if self.merge is not None:
+                raise FieldError("merge", "a method without `delta_weight` leaves the weight alone: remove it")
         if (self.merge_bias is None) != (self.unmerge_bias is None):
             missing = "unmerge_bias" if self.unmerge_bias is None else "merge_bias"
             raise FieldError(missing, "`merge_bias` and `unmerge_bias` must be given together")

@@ -382,7 +382,8 @@ class Oracle:
         names = values | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
         tensor_names = names | {"x", "base", "delta_weight"}
         functions = {"dropout", "layer_op"}
-        self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
+        if spec.delta_weight is not None:  # None: the method only updates the bias (a zero weight update)
+            self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
         if spec.merge is not None:
             self._exprs["merge"] = parse_expression(spec.merge, names=names | {"delta_weight"})
         if spec.unmerge is not None:
@@ -422,7 +423,12 @@ class Oracle:
     # -- the quantities -------------------------------------------------------------------------------------------
     def delta(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:
         """The canonical (out_features, in_features) update."""
-        return evaluate(self._exprs["delta_weight"], self._env(layer, adapter))
+        return self._delta(self._env(layer, adapter), layer)
+
+    def _delta(self, env: Mapping[str, Any], layer: BaseLayer) -> torch.Tensor:
+        if "delta_weight" not in self._exprs:
+            return torch.zeros_like(layer.canonical_weight)
+        return evaluate(self._exprs["delta_weight"], env)
 
     def delta_weight(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:
         """The update in the base layer's own weight layout (what `get_delta_weight` returns)."""
@@ -430,7 +436,7 @@ class Oracle:
 
     def _merge_step(self, which: str, layer: BaseLayer, current: torch.Tensor, adapter: Adapter) -> torch.Tensor:
         env = self._env(layer, adapter)
-        delta = evaluate(self._exprs["delta_weight"], env)
+        delta = self._delta(env, layer)
         if which not in self._exprs:
             return current + delta if which == "merge" else current - delta
         return evaluate(self._exprs[which], {**env, "weight": current, "delta_weight": delta})
@@ -490,7 +496,7 @@ class Oracle:
         key = f"forward.{FORWARD_KEY[layer.layer_type]}"
         for adapter in adapters:
             env = self._env(layer, adapter)
-            delta = evaluate(self._exprs["delta_weight"], env)
+            delta = self._delta(env, layer)
             if "delta_bias" in self._exprs:  # added to the output as it is added to the bias on merge
                 result = layer.add_per_channel(result, evaluate(self._exprs["delta_bias"], env))
             if key not in self._exprs:
