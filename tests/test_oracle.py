@@ -277,6 +277,8 @@ def oracle_report(oracle_tree: Path) -> dict[str, Any]:
 def test_every_tuner_spec_is_covered():
     names = {p.name for p in TUNER_SPECS}
     assert {"lora.yaml", "hadamard.yaml", "kron.yaml", "scaler.yaml"} <= names
+    # module selectors with a conditional merge and merge_bias; a bias-only method; a bias update next to LoRA
+    assert {"ia3.yaml", "beft.yaml", "biasshift.yaml"} <= names
     assert len(CASES) >= 4 * len(ORACLE_CHECKS)
 
 

@@ -36,7 +36,9 @@ MIN_EFFECT = 1e-3
 
 MODES = {"out": ("Linear", "Conv1D", "Conv2d", "Conv3d"), "ff": ("Linear", "Conv1D")}
 VARIANTS = ("single", "multi")
-IA3_CASES = tuple(f"{layer}/{mode}/{variant}" for mode, layers in MODES.items() for layer in layers for variant in VARIANTS)
+IA3_CASES = tuple(
+    f"{layer}/{mode}/{variant}" for mode, layers in MODES.items() for layer in layers for variant in VARIANTS
+)
 BEFT_CASES = tuple(f"beft/Linear/{variant}" for variant in VARIANTS)
 CASE_NAMES = IA3_CASES + BEFT_CASES
 REFUSED_CASE = "Conv2d/ff/refused"
@@ -135,7 +137,9 @@ def _models(layer: Any, mode: str, adapter_names: list[str]) -> tuple[Any, Any]:
             peft_config = peft.IA3Config(
                 target_modules=["layer"], feedforward_modules=feedforward, init_ia3_weights=False
             )
-            gen_config = peft.RefIA3Config(target_modules=["layer"], feedforward_modules=feedforward, init_weights=False)
+            gen_config = peft.RefIA3Config(
+                target_modules=["layer"], feedforward_modules=feedforward, init_weights=False
+            )
         if peft_model is None:
             peft_model = peft.get_peft_model(copy.deepcopy(base), peft_config, adapter_name=name)
             gen_model = peft.get_peft_model(copy.deepcopy(base), gen_config, adapter_name=name)
@@ -151,11 +155,11 @@ def _bias(layer: Any) -> Any:
 
 def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
     import torch
-
     from peft.tuners.beft.layer import BeftLayer
     from peft.tuners.ia3.layer import IA3Layer
     from peft.tuners.refbeft.layer import RefBeftLayer
     from peft.tuners.refia3.layer import RefIA3Layer
+
     from tests.parity_helpers import make_case, max_abs_diff, one_layer_net, only_tuner_layer
 
     beft = mode == "beft"
@@ -271,7 +275,9 @@ def _script_main(tree: str) -> int:
         for layer in layers
         for variant in VARIANTS
     ]
-    cases += [(f"beft/Linear/{variant}", functools.partial(_run_case, "Linear", "beft", variant)) for variant in VARIANTS]
+    cases += [
+        (f"beft/Linear/{variant}", functools.partial(_run_case, "Linear", "beft", variant)) for variant in VARIANTS
+    ]
     cases.append((REFUSED_CASE, _refused_case))
     return report_cases(tree, JSON_MARKER, cases)
 

@@ -273,7 +273,8 @@ def _selected_form(merge: ast.IfExp, unmerge: ast.expr) -> MergeForm:
     while isinstance(node, ast.IfExp):
         if not isinstance(undo, ast.IfExp) or ast.dump(undo.test) != ast.dump(node.test):
             raise CompositionError(
-                "unmerge", f"must select with the same condition as `merge`: `... if {ast.unparse(node.test)} else ...`"
+                "unmerge",
+                f"must select with the same condition as `merge`: `... if {ast.unparse(node.test)} else ...`",
             )
         branches.append((node.test, _scaling_branch(node.body, undo.body)))
         node, undo = node.orelse, undo.orelse
@@ -314,7 +315,9 @@ def bias_scaling(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) 
     for index, (test, branch) in enumerate(branches):
         if test is not None:
             if not isinstance(node, ast.IfExp) or ast.dump(node.test) != ast.dump(test):
-                raise CompositionError("merge_bias", f"must select like `merge`: `... if {ast.unparse(test)} else ...`")
+                raise CompositionError(
+                    "merge_bias", f"must select like `merge`: `... if {ast.unparse(test)} else ...`"
+                )
             if not isinstance(undo, ast.IfExp) or ast.dump(undo.test) != ast.dump(test):
                 raise CompositionError(
                     "unmerge_bias", f"must select like `merge`: `... if {ast.unparse(test)} else ...`"
@@ -324,14 +327,14 @@ def bias_scaling(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) 
             this, this_undo = node, undo
         if _is_name(this, "bias"):
             if not _is_name(this_undo, "bias"):
-                raise CompositionError("unmerge_bias", f"must leave the bias alone where `merge_bias` does (`bias`)")
+                raise CompositionError("unmerge_bias", "must leave the bias alone where `merge_bias` does (`bias`)")
             if branch.composition == "output":
                 scaled.add(False)
             continue
         assert branch.scale is not None
         shown = ast.unparse(branch.scale)
         if branch.composition == "input":
-            raise CompositionError("merge_bias", f"the branch scaling the input must leave the bias alone (`bias`)")
+            raise CompositionError("merge_bias", "the branch scaling the input must leave the bias alone (`bias`)")
         if not _bias_scaled(this, ast.Mult, branch.scale):
             raise CompositionError(
                 "merge_bias", f"must be `bias` or `bias * {shown}` (the bias scaled like the weight's rows)"

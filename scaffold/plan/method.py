@@ -332,7 +332,9 @@ class _Planner:
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
         form = self.merge_form
         scale = form.selected_scale() if form.composition == "selected" else form.scale
-        reads_weight = (delta is not None and "weight" in delta.names) or (scale is not None and reads(scale, "weight"))
+        reads_weight = (delta is not None and "weight" in delta.names) or (
+            scale is not None and reads(scale, "weight")
+        )
         bias_plan = self.delta_bias_plan(delta_bias) if delta_bias is not None else None
         reads_weight = reads_weight or (bias_plan is not None and bias_plan.reads_weight)
         condition = form.input_condition() if form.composition == "selected" else None
@@ -400,12 +402,14 @@ class _Planner:
             raise self.fail("delta_bias", "an Embedding has no bias to update: remove Embedding from `layers`")
         if self.delta is None and forwards:
             raise self.fail(
-                f"forward.{next(iter(forwards))}", "a method without `delta_weight` adds `delta_bias`: remove the entry"
+                f"forward.{next(iter(forwards))}",
+                "a method without `delta_weight` adds `delta_bias`: remove the entry",
             )
         for key, forward in forwards.items():
             if "base" in forward.names:
                 raise self.fail(
-                    f"forward.{key}", "reads `base`, which would include `delta_bias`: write the forward as an addition"
+                    f"forward.{key}",
+                    "reads `base`, which would include `delta_bias`: write the forward as an addition",
                 )
         return expr
 

@@ -40,7 +40,9 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
         )
         for selector in selectable(plan, "Linear"):
             # a selector given as a regex (full match), as PEFT's feedforward_modules may be
-            cases.append((f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0"}))
+            cases.append(
+                (f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0"})
+            )
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if "Linear" in plan.spec.layers:
         multi.append(

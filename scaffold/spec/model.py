@@ -383,7 +383,9 @@ class MethodSpec(_Strict):
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
         if self.delta_weight is None:
             if self.delta_bias is None:
-                raise FieldError("delta_weight", "is required (a method that only updates the bias gives `delta_bias`)")
+                raise FieldError(
+                    "delta_weight", "is required (a method that only updates the bias gives `delta_bias`)"
+                )
             if self.merge is not None:
                 raise FieldError("merge", "a method without `delta_weight` leaves the weight alone: remove it")
         if (self.merge_bias is None) != (self.unmerge_bias is None):

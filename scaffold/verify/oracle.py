@@ -390,10 +390,13 @@ class Oracle:
             self._exprs["unmerge"] = parse_expression(spec.unmerge, names=names | {"delta_weight"})
         for key, text in spec.forward.items():
             self._exprs[f"forward.{key}"] = parse_expression(text, names=tensor_names, functions=functions)
-        for key in ("merge_bias", "unmerge_bias", "delta_bias"):
-            text = getattr(spec, key)
-            if text is not None:
-                self._exprs[key] = parse_expression(text, names=names | {"bias"})
+        for field_name, bias_source in (
+            ("merge_bias", spec.merge_bias),
+            ("unmerge_bias", spec.unmerge_bias),
+            ("delta_bias", spec.delta_bias),
+        ):
+            if bias_source is not None:
+                self._exprs[field_name] = parse_expression(bias_source, names=names | {"bias"})
         scalar_names = values | set(_ALL_DIMS)
         for name, source in spec.derived.items():
             self._exprs[f"derived.{name}"] = parse_expression(source, names=scalar_names, tensor=False)

@@ -182,7 +182,9 @@ class _MethodProbe:
         weights = {w.name: getattr(layer, w.attr)[adapter] for w in self.plan.weights}
         hyperparameters = {name: getattr(config, name) for name in self.spec.hyperparameters}
         # a flag is stored on the layer when the spec reads it
-        flags = {s.flag: getattr(layer, f"{self.plan.prefix}{s.flag}", {}).get(adapter, False) for s in self.plan.selectors}
+        flags = {
+            s.flag: getattr(layer, f"{self.plan.prefix}{s.flag}", {}).get(adapter, False) for s in self.plan.selectors
+        }
         return Adapter(hyperparameters, weights, flags)
 
     # -- checks ---------------------------------------------------------------------------------------------------
