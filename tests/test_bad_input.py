@@ -256,6 +256,69 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ),
     ("init-extra-argument", _set("weights.lora_B.init", {"name": "zeros", "std": 1.0}), "weights.lora_B.init"),
     ("init-constant-without-value", _set("weights.lora_B.init", {"name": "constant"}), "weights.lora_B.init"),
+    # init expressions and index buffers (issue #10)
+    (
+        "init-expr-unknown-name",
+        _set("weights.wn", {"shape": ["in_features"], "init": {"expr": "torch.norm(W0)"}, "trainable": False}),
+        "weights.wn.init.expr",
+    ),
+    (
+        "init-expr-reads-a-weight",
+        _set("weights.wn", {"shape": ["r"], "init": {"expr": "lora_A.sum(1)"}, "trainable": False}),
+        "weights.wn.init.expr",
+    ),
+    (
+        "init-expr-unsafe-call",
+        _set("weights.wn", {"shape": ["r"], "init": {"expr": "torch.load('x')"}, "trainable": False}),
+        "weights.wn.init.expr",
+    ),
+    (
+        "randperm-outside-init",
+        _delta("lora_B @ lora_A * scaling + randperm(4, seed=1)[0]"),
+        "delta_weight",
+    ),
+    (
+        "randperm-without-seed",
+        _set("weights.idx", {"shape": ["r"], "dtype": "long", "init": {"expr": "randperm(r)"}, "trainable": False}),
+        "weights.idx.init.expr",
+    ),
+    (
+        "init-expr-with-random-init",
+        _set("weights.wn", {"shape": ["r"], "init": {"expr": "torch.ones(r)"}, "random_init": "zeros"}),
+        "weights.wn.random_init",
+    ),
+    (
+        "long-trainable",
+        _set("weights.idx", {"shape": ["r"], "dtype": "long", "init": {"expr": "torch.ones(r)"}}),
+        "weights.idx.dtype",
+    ),
+    (
+        "long-with-an-initialiser",
+        _set("weights.idx", {"shape": ["r"], "dtype": "long", "init": "zeros", "trainable": False}),
+        "weights.idx.dtype",
+    ),
+    ("dtype-unknown", _set("weights.lora_A.dtype", "int8"), "weights.lora_A.dtype"),
+    ("not-persistent-parameter", _set("weights.lora_A.persistent", False), "weights.lora_A.persistent"),
+    (
+        "first-weight-long",
+        _all(
+            _set(
+                "weights",
+                {
+                    "idx": {
+                        "shape": ["r"],
+                        "dtype": "long",
+                        "init": {"expr": "randperm(r, seed=0)"},
+                        "trainable": False,
+                    },
+                    "v": {"shape": ["out_features", "in_features"], "init": "zeros"},
+                },
+            ),
+            _delta("v"),
+        ),
+        "weights.idx.dtype",
+    ),
+    ("fft-unknown", _delta("torch.fft.hfft(lora_B @ lora_A).real"), "delta_weight"),
 ]
 
 # (id, raw file text or None for a missing file, text the error must contain)

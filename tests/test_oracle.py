@@ -201,6 +201,44 @@ def test_oracle_bias_update_adds_in_forward_and_on_merge():
     assert torch.allclose(oracle.unmerged_bias(layer, b + shift, adapters), b)
 
 
+def test_oracle_computes_init_expression_buffers_itself():
+    """DeLoRA's column norms and FourierFT's seeded indices come from the base weight and the hyperparameters,
+    never from the adapter's values; `torch.zeros` takes the oracle's float64; FFT and index_put are walked."""
+    torch.manual_seed(4)
+    module, x, _ = make_layer("Linear")
+    layer = BaseLayer.of("Linear", module)
+    W = module.weight.detach().double()
+
+    delora = Oracle(load_spec(REPO / "reference_methods" / "delora.yaml"))
+    A, B = torch.randn(3, 8), torch.randn(12, 3)
+    bogus = torch.full((8,), 7.0)  # a wrong buffer value handed in is ignored
+    adapter = Adapter({"r": 3, "delora_lambda": 2.0}, {"A": A, "B": B, "lam": torch.tensor([2.0]), "w_norm": bogus})
+    assert torch.allclose(delora.computed_weights(layer, adapter)["w_norm"], W.norm(dim=0))
+    A64, B64 = A.double(), B.double()
+    scale = 2.0 / 3 / (A64.norm(dim=1).clamp(min=1e-4) * B64.norm(dim=0).clamp(min=1e-4))
+    expected = B64 @ torch.diag(scale) @ A64 * W.norm(dim=0)[None, :]
+    assert torch.allclose(delora.delta(layer, adapter), expected)
+
+    fourier = Oracle(load_spec(REPO / "reference_methods" / "fourierft.yaml"))
+    spectrum = torch.randn(20)
+    adapter = Adapter({"n_frequency": 20, "scaling": 3.0, "random_loc_seed": 5}, {"spectrum": spectrum})
+    # PEFT's FourierFT construction, written out
+    flat = torch.randperm(12 * 8, generator=torch.Generator().manual_seed(5))[:20]
+    indices = torch.stack([flat // 8, flat % 8])
+    assert torch.equal(fourier.computed_weights(layer, adapter)["indices"], indices)
+    dense = torch.zeros(12, 8, dtype=torch.float64)
+    dense[indices[0], indices[1]] = spectrum.double()
+    assert torch.allclose(fourier.delta(layer, adapter), torch.fft.ifft2(dense).real * 3.0)
+
+    sparse = Oracle(load_spec(REPO / "tests" / "specs" / "sparsemask.yaml"))
+    values = torch.randn(16)
+    adapter = Adapter({}, {"values": values})
+    support = torch.randperm(96, generator=torch.Generator().manual_seed(42))[:16]
+    expected = torch.zeros(96, dtype=torch.float64)
+    expected[support] = values.double()
+    assert torch.allclose(sparse.delta(layer, adapter), expected.reshape(12, 8))
+
+
 def test_the_walker_covers_the_language():
     names = {"v", "w", "r", "flag"}
     env = {"v": torch.tensor([1.0, -2.0, 3.0]), "w": torch.ones(3, 2), "r": 4, "flag": False}
@@ -279,6 +317,8 @@ def test_every_tuner_spec_is_covered():
     assert {"lora.yaml", "hadamard.yaml", "kron.yaml", "scaler.yaml"} <= names
     # module selectors with a conditional merge and merge_bias; a bias-only method; a bias update next to LoRA
     assert {"ia3.yaml", "beft.yaml", "biasshift.yaml"} <= names
+    # computed buffers (issue #10): column norms, seeded indices with an FFT, a scatter, an SVD basis
+    assert {"delora.yaml", "fourierft.yaml", "sparsemask.yaml", "svdbasis.yaml"} <= names
     assert len(CASES) >= 4 * len(ORACLE_CHECKS)
 
 

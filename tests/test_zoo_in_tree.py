@@ -1,10 +1,10 @@
-"""The reference specs of PEFT's method zoo (reference_methods/loha.yaml, lokr.yaml, ia3.yaml, beft.yaml) and an unseen
-spec using the bias update (tests/specs/biasshift.yaml) in a real PEFT 0.21.2 tree.
+"""The zoo's reference specs (reference_methods/*.yaml, in SPECS below) and the unseen specs that use each
+spec-language feature of issue #10 (tests/specs/*.yaml, in SPECS too) in a real PEFT 0.21.2 tree.
 
 All are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
 (tests/test_custom_models.py and tests/test_config.py, the rows the registrar added) passes with 0 failed, the
 generated tests pass, and ruff (PEFT's settings) and mypy report nothing on the generated code. Numerical parity
-with PEFT's LoHa/LoKr is tests/test_zoo_parity.py, with PEFT's IA3 and BEFT tests/test_zoo_parity_ia3.py.
+with PEFT's methods is tests/test_zoo_parity*.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ SPECS = [
     REPO / "reference_methods" / "beft.yaml",
     # an unseen spec using a feature the reference specs do not: an additive bias update next to a LoRA update
     REPO / "tests" / "specs" / "biasshift.yaml",
+    REPO / "reference_methods" / "delora.yaml",
+    REPO / "reference_methods" / "fourierft.yaml",
+    REPO / "reference_methods" / "c3a.yaml",
+    # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
+    REPO / "tests" / "specs" / "sparsemask.yaml",
+    REPO / "tests" / "specs" / "svdbasis.yaml",
 ]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
@@ -58,7 +64,8 @@ def test_peft_own_matrix_passes(zoo_tree: Path) -> None:
     custom = run_pytest(zoo_tree, ["tests/test_custom_models.py", "-k", " or ".join(p.class_name for p in plans)])
     assert custom.failed == 0 and custom.errors == 0, custom.output_tail
     # each method's rows (MLP, Conv1d, Conv2d, two adapters) really ran through PEFT's custom-model matrix: about
-    # 280 tests pass per method, so one method contributing nothing would fall short
+    # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A), most of them
+    # PEFT's per-config-class tests; a matrix that collected few of the rows falls short
     assert custom.passed > 200 * len(plans), custom.output_tail
 
     configs = " or ".join(p.config_cls for p in plans)
@@ -68,7 +75,8 @@ def test_peft_own_matrix_passes(zoo_tree: Path) -> None:
 
 
 def test_generated_tests_pass_and_code_is_lint_clean(zoo_tree: Path) -> None:
-    plans = [_plan(spec) for spec in SPECS]
+    # the specs of tests/specs/ get this check in tests/test_in_tree.py already (one tree each)
+    plans = [_plan(spec) for spec in SPECS if spec.parent.name == "reference_methods"]
     test_files = [f"tests/test_{plan.name}.py" for plan in plans]
     counts = run_pytest(zoo_tree, test_files)
     assert counts.failed == 0 and counts.errors == 0, counts.output_tail

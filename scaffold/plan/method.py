@@ -8,6 +8,7 @@ here, raising `ScaffoldError` with the spec field it concerns.
 from __future__ import annotations
 
 import ast
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,8 +23,15 @@ from scaffold.plan.layers import (
     families_for,
     family_of_forward_key,
 )
-from scaffold.spec.expressions import Expression, ExpressionError, parse_expression, render
-from scaffold.spec.model import Hyperparameter, InitCall, MethodSpec, Weight
+from scaffold.spec.expressions import (
+    Expression,
+    ExpressionError,
+    parse_expression,
+    render,
+    uses_fft,
+    with_creation_kwargs,
+)
+from scaffold.spec.model import Hyperparameter, InitCall, InitExpr, MethodSpec, Weight
 
 
 _PY_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "enum": "str"}
@@ -63,6 +71,10 @@ class WeightPlan:
     init_by_class: dict[str, list[str]]  # identity init overrides, keyed by generated layer class
     trainable: bool
     ndim: int
+    # `init: {expr}`: the code computing it once in update_layer (init_weights True or False alike)
+    init_expr: str | None = None
+    dtype: str = "float"  # "long": an index buffer
+    persistent: bool = True  # a frozen buffer in the state dict (False: recomputed from the config on load)
 
 
 @dataclass
@@ -74,6 +86,7 @@ class DeltaPlan:
     fp32_names: list[str]  # weights cast to fp32 for half precision on CPU
     reads_weight: bool
     expression: str
+    fp32_everywhere: bool = False  # torch.fft: no half-precision kernels on GPUs either
 
 
 @dataclass
@@ -193,6 +206,16 @@ class MethodPlan:
     imports_math: bool = False
     imports_functional: bool = False
     uses_buffers: bool = False
+    computed_reads_weight: bool = False  # an init expression reads `weight`: update_layer binds it
+
+    @property
+    def computed_weights(self) -> list[WeightPlan]:
+        """Weights computed once by an init expression in update_layer."""
+        return [w for w in self.weights if w.init_expr is not None]
+
+    @property
+    def random_init_lines(self) -> list[str]:
+        return [line for w in self.weights for line in w.random_init_lines] or ["pass"]
 
     @property
     def adapter_layer_names(self) -> list[str]:
@@ -225,12 +248,13 @@ class MethodPlan:
             (c, [line for w in self.weights for line in w.init_by_class.get(c, w.init_lines)]) for c in special
         ]
         if len(special) < len(classes):
-            branches.append((None, [line for w in self.weights for line in w.init_lines]))
+            branches.append((None, [line for w in self.weights for line in w.init_lines] or ["pass"]))
         return branches
 
     @property
     def first_weight(self) -> WeightPlan:
-        return self.weights[0]
+        """The first float weight: its dtype is the adapter's (index buffers are integers)."""
+        return next(w for w in self.weights if w.dtype == "float")
 
     @property
     def mapping_constant(self) -> str:
@@ -258,6 +282,7 @@ class _Planner:
         self.merge_form = MergeForm("additive")
         # `modules` hyperparameters' per-layer booleans: flag -> hyperparameter
         self.flags = {hp.flag: name for name, hp in self.hp.items() if hp.flag is not None}
+        self.computed_reads_weight = False
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -338,6 +363,9 @@ class _Planner:
         bias_plan = self.delta_bias_plan(delta_bias) if delta_bias is not None else None
         reads_weight = reads_weight or (bias_plan is not None and bias_plan.reads_weight)
         condition = form.input_condition() if form.composition == "selected" else None
+        # a buffer computed from the base weight, for an adapter added while others are merged, reads the weight
+        # as it was before any merge too
+        reads_weight = reads_weight or self.computed_reads_weight
         return MethodPlan(
             spec=spec,
             name=spec.name,
@@ -372,6 +400,7 @@ class _Planner:
             input_flags=sorted(_names_in(condition) & set(self.flags)) if condition else [],
             scales_bias=scales_bias,
             delta_bias=bias_plan,
+            computed_reads_weight=self.computed_reads_weight,
         )
 
     def condition_code(self, condition: ast.expr, mapping: dict[str, str]) -> str:
@@ -559,6 +588,20 @@ class _Planner:
         ndim = len(weight.shape)
         attr = f"{self.prefix}{name}"
         target = f"self.{attr}[adapter_name]"
+        if isinstance(weight.init, InitExpr):
+            return WeightPlan(
+                name=name,
+                attr=attr,
+                shape_code=shape_code,
+                init_lines=[],
+                random_init_lines=[],
+                init_by_class={},
+                trainable=weight.trainable,
+                ndim=ndim,
+                init_expr=self.init_expr(name, weight.init.expr),
+                dtype=weight.dtype,
+                persistent=weight.persistent,
+            )
         random_init = weight.random_init or ("kaiming_uniform" if ndim >= 2 else "normal")
         return WeightPlan(
             name=name,
@@ -570,6 +613,34 @@ class _Planner:
             trainable=weight.trainable,
             ndim=ndim,
         )
+
+    def init_expr(self, name: str, text: str) -> str:
+        """The code of an `init: {expr}`, evaluated once in update_layer (names: config values, derived locals,
+        dims, `weight`); `randperm(n, seed=s)` becomes torch's seeded permutation."""
+        where = f"weights.{name}.init.expr"
+        expr = self.parse(where, text, self.scalar_names() | {"weight"}, {"randperm"})
+        tree = copy.deepcopy(expr.tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "randperm":
+                seed = [kw.value for kw in node.keywords if kw.arg == "seed"]
+                if len(node.args) + len(seed) != 2 or len(node.keywords) != len(seed) or len(node.args) > 2:
+                    raise self.fail(where, "`randperm` takes the size and a seed: `randperm(n, seed=...)`")
+                size, seed_node = node.args[0], (node.args[1] if len(node.args) == 2 else seed[0])
+                # a CPU generator of its own, as PEFT's FourierFT: the same permutation on every device and run
+                generator = ast.parse("torch.Generator().manual_seed(SEED)", mode="eval").body
+                assert isinstance(generator, ast.Call)
+                generator.args = [seed_node]
+                node.func = ast.parse("torch.randperm", mode="eval").body
+                node.args = [size]
+                node.keywords = [ast.keyword(arg="generator", value=generator)]
+        if _may_alias(tree):
+            # `weight` itself (or a view of it) would alias the base weight, which merging changes
+            tree = ast.Call(func=ast.Attribute(value=tree, attr="clone", ctx=ast.Load()), args=[], keywords=[])
+        expr = Expression(source=expr.source, tree=tree, names=expr.names, calls=expr.calls)
+        expr = with_creation_kwargs(expr, "weight")
+        if "weight" in expr.names or ast.unparse(expr.tree) != ast.unparse(tree):
+            self.computed_reads_weight = True
+        return render(expr, self.update_layer_names(), _SCALAR_MATH)
 
     def init_overrides(self, name: str, weight: Weight, target: str, ndim: int) -> dict[str, list[str]]:
         overrides = {}
@@ -623,17 +694,19 @@ class _Planner:
         return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
 
     def delta_plan(self, delta: Expression | None) -> DeltaPlan:
+        floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
         if delta is None:
             # `_canonical_delta` returns zeros of the weight's shape
-            return DeltaPlan([], next(iter(self.spec.weights)), [], False, "")
-        used_weights = [n for n in self.spec.weights if n in delta.names] or [next(iter(self.spec.weights))]
+            return DeltaPlan([], floats[0], [], False, "")
+        used_weights = [n for n in floats if n in delta.names] or floats[:1]
         dims = {d: DIM_CODE[d] for d in self.dims}
         return DeltaPlan(
             bindings=self.bindings(set(delta.names) | set(used_weights[:1])),
             dtype_of=used_weights[0],
             fp32_names=used_weights,
             reads_weight="weight" in delta.names,
-            expression=render(delta, dims),
+            expression=render(with_creation_kwargs(delta, used_weights[0]), dims),
+            fp32_everywhere=uses_fft(delta),
         )
 
     def merge_plan(self, expr: Expression, op: str) -> MergePlan:
@@ -759,6 +832,22 @@ def _apply_factors(family: LayerFamily, product: Any, x_in: ast.expr) -> ast.exp
     if product.negative:
         out = ast.UnaryOp(ast.USub(), out)
     return out
+
+
+# Tensor methods and attributes whose result may share memory with their input.
+_VIEWS = {"T", "mT", "real", "imag", "reshape", "view", "transpose", "t", "flatten", "squeeze", "unsqueeze"}
+_VIEWS |= {"contiguous", "detach", "to", "expand", "permute", "float"}
+
+
+def _may_alias(node: ast.expr) -> bool:
+    """Whether the value of `node` may be (a view of) a tensor it reads, rather than a new one."""
+    if isinstance(node, (ast.Name, ast.Subscript)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return node.attr in _VIEWS
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _VIEWS:
+        return _may_alias(node.func.value)
+    return False
 
 
 def _num(value: float, type_: str) -> str:

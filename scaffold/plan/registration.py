@@ -34,37 +34,43 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             for selector in selectable(plan, layer_type):
                 # the same module selected: its layers get the selector's flag (like PEFT's feedforward IA3 rows)
                 cases.append((f"Vanilla {label} {title} {selector}", model_id, {**kwargs, selector: list(targets)}))
+    # the Linear rows' extra kwargs hold for every row on the MLP (a size that must fit the MLP's layers, say)
+    mlp = plan.spec.peft_test_kwargs.get("Linear", {})
     if "Linear" in plan.spec.layers:
         cases.append(
-            (f"MLP {title} modules_to_save", "MLP", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})
+            (
+                f"MLP {title} modules_to_save",
+                "MLP",
+                {"target_modules": ["lin0"], "modules_to_save": ["lin1"], **mlp},
+            )
         )
         for selector in selectable(plan, "Linear"):
             # a selector given as a regex (full match), as PEFT's feedforward_modules may be
             cases.append(
-                (f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0"})
+                (f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0", **mlp})
             )
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if "Linear" in plan.spec.layers:
         multi.append(
             (
                 f"{title} Same",
-                {"target_modules": ["lin0"], "init_weights": False},
-                {"target_modules": ["lin0"], "init_weights": False},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
             )
         )
         multi.append(
             (
                 f"{title} Different",
-                {"target_modules": ["lin0"], "init_weights": False},
-                {"target_modules": ["lin1"], "init_weights": False},
+                {"target_modules": ["lin0"], "init_weights": False, **mlp},
+                {"target_modules": ["lin1"], "init_weights": False, **mlp},
             )
         )
         for selector in selectable(plan, "Linear"):
             multi.append(
                 (
                     f"{title} {selector} Different",
-                    {"target_modules": ["lin0"], selector: ["lin0"], "init_weights": False},
-                    {"target_modules": ["lin1"], "init_weights": False},
+                    {"target_modules": ["lin0"], selector: ["lin0"], "init_weights": False, **mlp},
+                    {"target_modules": ["lin1"], "init_weights": False, **mlp},
                 )
             )
     return MethodRegistration(

@@ -23,8 +23,17 @@ TORCH_FUNCTIONS = frozenset(
         "einsum", "exp", "eye", "flatten", "kron", "log", "matmul", "maximum", "mean", "minimum", "mm", "mul",
         "norm", "ones", "ones_like", "outer", "prod", "reshape", "rsqrt", "sigmoid", "sign", "sin", "softmax",
         "sqrt", "square", "stack", "sum", "tanh", "transpose", "where", "zeros", "zeros_like",
+        # index tensors: gather and scatter (issue #10)
+        "gather", "index_select", "scatter", "scatter_add", "sort", "take", "topk", "unravel_index", "argsort", "full",
     }
 )  # fmt: skip
+# Calls that create a float tensor from sizes: the generated code gives them the dtype and device of the adapter's
+# weights (the oracle: float64), unless the expression names them.
+CREATION_FUNCTIONS = frozenset({"torch.zeros", "torch.ones", "torch.eye", "torch.full"})
+# Functions reachable as `torch.fft.<name>`.
+TORCH_FFT_FUNCTIONS = frozenset(
+    {"fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "fftshift", "ifftshift"}
+)
 # Functions reachable as `torch.linalg.<name>`.
 TORCH_LINALG_FUNCTIONS = frozenset({"norm", "vector_norm", "matrix_norm", "qr", "svd"})
 # Functions reachable as `F.<name>` (torch.nn.functional).
@@ -40,6 +49,8 @@ TENSOR_METHODS = frozenset(
         "T", "mT", "abs", "clamp", "contiguous", "detach", "diag", "exp", "expand", "flatten", "float", "mean",
         "norm", "permute", "reshape", "shape", "sqrt", "squeeze", "sum", "t", "transpose", "unsqueeze", "view",
         "dtype", "device", "to", "numel", "size",
+        # index tensors and complex results (FFT)
+        "gather", "index_add", "index_put", "index_select", "scatter", "scatter_add", "take", "long", "real", "imag",
     }
 )  # fmt: skip
 # Plain Python math allowed in scalar expressions (derived values, shapes, init arguments).
@@ -265,6 +276,8 @@ def _allowed_dotted(dotted: str) -> bool:
         return rest in F_FUNCTIONS
     if rest.startswith("linalg."):
         return rest.removeprefix("linalg.") in TORCH_LINALG_FUNCTIONS
+    if rest.startswith("fft."):
+        return rest.removeprefix("fft.") in TORCH_FFT_FUNCTIONS
     return rest in TORCH_FUNCTIONS
 
 
@@ -291,6 +304,38 @@ class _Renamer(ast.NodeTransformer):
             return node
         self.generic_visit(node)
         return node
+
+
+class _CreationKwargs(ast.NodeTransformer):
+    def __init__(self, reference: str) -> None:
+        self.reference = reference
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if ast.unparse(node.func) in CREATION_FUNCTIONS:
+            given = {kw.arg for kw in node.keywords}
+            for attr in ("dtype", "device"):
+                if attr not in given:
+                    value = ast.parse(f"{self.reference}.{attr}", mode="eval").body
+                    node.keywords.append(ast.keyword(arg=attr, value=value))
+        return node
+
+
+def with_creation_kwargs(expr: Expression, reference: str) -> Expression:
+    """`expr` with `dtype=<reference>.dtype, device=<reference>.device` added to the calls that create a float
+    tensor from sizes (`torch.zeros(out_features, in_features)`), so that it follows the adapter's weights (half
+    precision, GPU). `reference` is a name (or code) the caller binds."""
+    import copy
+
+    if not any(isinstance(n, ast.Call) and ast.unparse(n.func) in CREATION_FUNCTIONS for n in ast.walk(expr.tree)):
+        return expr
+    tree = _CreationKwargs(reference).visit(copy.deepcopy(expr.tree))
+    return Expression(source=expr.source, tree=tree, names=expr.names, calls=expr.calls)
+
+
+def uses_fft(expr: Expression) -> bool:
+    """Whether `expr` calls `torch.fft.*`, which has no half-precision kernels for most sizes."""
+    return any(isinstance(n, ast.Call) and ast.unparse(n.func).startswith("torch.fft.") for n in ast.walk(expr.tree))
 
 
 def render(expr: Expression, mapping: Mapping[str, str] | None = None, calls: Mapping[str, str] | None = None) -> str:

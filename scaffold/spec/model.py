@@ -222,11 +222,19 @@ class InitCall(_Strict):
 Init = InitName | InitCall
 
 
+class InitExpr(_Strict):
+    """A tensor computed once, when the adapter is created, e.g. `{expr: "torch.linalg.norm(weight, dim=0)"}`:
+    a tensor expression over the base weight (`weight`, canonical view), hyperparameters, derived values and dims,
+    which may call `randperm(n, seed=...)` (a seeded permutation, for index buffers)."""
+
+    expr: str = Field(description="tensor expression evaluated once in update_layer")
+
+
 class Weight(_Strict):
     """An adapter tensor, one per adapter and per adapted layer."""
 
     shape: list[int | str] = Field(min_length=1, max_length=4)
-    init: Init = Field(description="used when init_weights=True: the adapter must start as a no-op")
+    init: Init | InitExpr = Field(description="used when init_weights=True: the adapter must start as a no-op")
     random_init: Init | None = Field(
         default=None,
         description="used when init_weights=False (tests rely on it to get a non-trivial adapter); "
@@ -238,6 +246,12 @@ class Weight(_Strict):
     )
     trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
     shared: bool = Field(default=False, description="shared across layers (VeRA-style); reserved, not supported yet")
+    dtype: Literal["float", "long"] = Field(
+        default="float", description="`long` for index buffers (frozen, computed by an init expression)"
+    )
+    persistent: bool = Field(
+        default=True, description="False: a frozen buffer left out of the state dict (recomputed from the config)"
+    )
 
     @field_validator("shared")
     @classmethod
@@ -245,6 +259,21 @@ class Weight(_Strict):
         if value:
             raise ValueError("weights shared across layers are not supported yet")
         return value
+
+    @model_validator(mode="after")
+    def _check_computed(self) -> Weight:
+        computed = isinstance(self.init, InitExpr)
+        if computed and self.random_init is not None:
+            raise FieldError("random_init", "an init expression is used whatever `init_weights` is; remove this")
+        if computed and self.init_by_layer:
+            raise FieldError("init_by_layer", "an init expression already sees the layer (its dims, `weight`)")
+        if self.dtype == "long" and (self.trainable or not computed):
+            raise FieldError("dtype", "a `long` weight is an index buffer: `trainable: false` with an `init: {expr}`")
+        if not self.persistent and (self.trainable or not computed):
+            raise FieldError(
+                "persistent", "only a frozen buffer computed by an `init: {expr}` can be left out of the state dict"
+            )
+        return self
 
 
 class MethodSpec(_Strict):
@@ -378,6 +407,9 @@ class MethodSpec(_Strict):
                 except FieldError as exc:
                     where = f"peft_test_kwargs.{layer_type}.{key}"
                     raise FieldError(where, str(exc).removeprefix("default ")) from None
+        first_name, first = next(iter(self.weights.items()))
+        if first.dtype != "float":
+            raise FieldError(f"weights.{first_name}.dtype", "the first weight gives the adapter its dtype: a float")
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")

@@ -32,15 +32,17 @@ import torch
 import torch.nn.functional as F
 
 from scaffold.spec.expressions import (
+    CREATION_FUNCTIONS,
     F_FUNCTIONS,
     SCALAR_FUNCTIONS,
     TENSOR_METHODS,
+    TORCH_FFT_FUNCTIONS,
     TORCH_FUNCTIONS,
     TORCH_LINALG_FUNCTIONS,
     Expression,
     parse_expression,
 )
-from scaffold.spec.model import MethodSpec
+from scaffold.spec.model import InitExpr, MethodSpec
 
 
 class OracleUnsupported(Exception):
@@ -61,8 +63,11 @@ _MATH_FIELDS = frozenset(
     }
 )  # fmt: skip
 KNOWN_SPEC_FIELDS = _DESCRIPTIVE_FIELDS | _MATH_FIELDS
-# Weight fields: the oracle takes weight values as given, so initialisers do not matter to it.
-KNOWN_WEIGHT_FIELDS = frozenset({"shape", "init", "random_init", "init_by_layer", "trainable", "shared"})
+# Weight fields: the oracle takes weight values as given, so initialisers do not matter to it, except an init
+# expression (`init: {expr}`), which it evaluates itself from the base weight and the hyperparameters.
+KNOWN_WEIGHT_FIELDS = frozenset(
+    {"shape", "init", "random_init", "init_by_layer", "trainable", "shared", "dtype", "persistent"}
+)
 
 LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d")
 # the spec's `forward` key that serves a layer type
@@ -241,6 +246,8 @@ def _resolve_dotted(node: ast.expr) -> Callable[..., Any] | None:
         return getattr(torch, dotted[1])
     if dotted[:2] == ["torch", "linalg"] and len(dotted) == 3 and dotted[2] in TORCH_LINALG_FUNCTIONS:
         return getattr(torch.linalg, dotted[2])
+    if dotted[:2] == ["torch", "fft"] and len(dotted) == 3 and dotted[2] in TORCH_FFT_FUNCTIONS:
+        return getattr(torch.fft, dotted[2])
     raise OracleUnsupported(f"function `{'.'.join(dotted)}`")
 
 
@@ -327,6 +334,8 @@ class _Walker:
             resolved = _resolve_dotted(func)
             if resolved is not None:
                 target = resolved
+                if ast.unparse(func) in CREATION_FUNCTIONS:
+                    target = _float64(resolved)
             elif func.attr in TENSOR_METHODS:
                 target = getattr(self.eval(func.value), func.attr)
             else:
@@ -340,6 +349,25 @@ class _Walker:
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _float64(create: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.zeros` and co. in the oracle's precision, unless the expression names a dtype."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("dtype", torch.float64)
+        return create(*args, **kwargs)
+
+    return call
+
+
+def _randperm(n: int, seed: int | None = None, **kwargs: Any) -> torch.Tensor:
+    """The spec's `randperm(n, seed=s)`: a permutation of range(n) from a generator seeded with `s`."""
+    if "seed" in kwargs:
+        seed = kwargs.pop("seed")
+    if kwargs or seed is None:
+        raise OracleUnsupported("randperm takes (n, seed)")
+    return torch.randperm(int(n), generator=torch.Generator().manual_seed(int(seed)))
 
 
 def evaluate(expr: Expression, env: Mapping[str, Any], functions: Mapping[str, Callable[..., Any]] = {}) -> Any:
@@ -401,6 +429,11 @@ class Oracle:
         for name, source in spec.derived.items():
             self._exprs[f"derived.{name}"] = parse_expression(source, names=scalar_names, tensor=False)
             scalar_names.add(name)
+        for name, weight in spec.weights.items():
+            if isinstance(weight.init, InitExpr):
+                self._exprs[f"init.{name}"] = parse_expression(
+                    weight.init.expr, names=scalar_names | {"weight"}, functions={"randperm"}
+                )
 
     # -- names ----------------------------------------------------------------------------------------------------
     def _env(self, layer: BaseLayer, adapter: Adapter) -> dict[str, Any]:
@@ -414,14 +447,27 @@ class Oracle:
             env[flag] = bool(adapter.flags.get(flag, False))
         for name in spec.derived:
             env[name] = evaluate_scalar(self._exprs[f"derived.{name}"], env)
+        env["weight"] = layer.canonical_weight
+        # weights computed by an init expression: evaluated here, from the base weight before any merge (the
+        # adapter's own values are not trusted for them)
+        computed = {
+            name: evaluate(self._exprs[f"init.{name}"], env, {"randperm": _randperm})
+            for name in spec.weights
+            if f"init.{name}" in self._exprs
+        }
         env.pop(spec.dropout or "", None)
-        missing = set(spec.weights) - set(adapter.weights)
+        missing = set(spec.weights) - set(adapter.weights) - set(computed)
         if missing:
             raise OracleUnsupported(f"no value for weight(s) {', '.join(sorted(missing))}")
-        for name in spec.weights:
-            env[name] = adapter.weights[name].detach().double()
-        env["weight"] = layer.canonical_weight
+        for name, weight in spec.weights.items():
+            value = computed[name] if name in computed else adapter.weights[name].detach()
+            env[name] = value.double() if weight.dtype == "float" else value
         return env
+
+    def computed_weights(self, layer: BaseLayer, adapter: Adapter) -> dict[str, torch.Tensor]:
+        """The weights an init expression computes, for `adapter` on `layer` (float ones in float64)."""
+        env = self._env(layer, adapter)
+        return {name: env[name] for name in self.spec.weights if f"init.{name}" in self._exprs}
 
     # -- the quantities -------------------------------------------------------------------------------------------
     def delta(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:

@@ -133,6 +133,7 @@ class _MethodProbe:
         self.config_cls = getattr(module, self.plan.config_cls)
         self.layer_cls = getattr(module, self.plan.layer_cls)
         self.oracle: Any = None
+        self.layer_type = ""
         self.oracle_error = ""
         # `modules` hyperparameters set to select the probed layer for the first adapter (not the second): its flag is
         # then true for one adapter and false for the other
@@ -150,6 +151,9 @@ class _MethodProbe:
     # -- models ---------------------------------------------------------------------------------------------------
     def config(self, init_weights: bool, fan_in_fan_out: bool, select: bool = False) -> Any:
         kwargs: dict[str, Any] = {"target_modules": ["layer"], "init_weights": init_weights}
+        # the spec's kwargs for PEFT's test rows of this layer type make it fit tiny layers (FourierFT's default
+        # n_frequency of 1000 does not)
+        kwargs.update(self.spec.peft_test_kwargs.get(self.layer_type, {}))
         if fan_in_fan_out:
             kwargs["fan_in_fan_out"] = True
         if select:
@@ -195,6 +199,7 @@ class _MethodProbe:
 
         results: dict[str, dict[str, Any]] = {}
         self.selected = selectable(self.plan, layer_type)
+        self.layer_type = layer_type
 
         def record(check: str, run: Callable[[], tuple[float | None, bool, str]]) -> None:
             torch.manual_seed(seed + 7)
@@ -339,6 +344,11 @@ class _MethodProbe:
         @torch.no_grad()
         def delta() -> tuple[float, bool, str]:
             _, layer, values = model(1)
+            # index buffers an init expression computes must be exactly the oracle's (float ones are checked
+            # through the delta: an SVD's signs, say, may differ without changing it)
+            for name, value in oracle.computed_weights(reference, values[0]).items():
+                if not value.is_floating_point() and not torch.equal(values[0].weights[name].cpu(), value):
+                    return math.nan, False, f"index buffer `{name}` differs from the oracle's"
             expected = oracle.delta_weight(reference, values[0])
             if self.spec.delta_weight is None:  # a method that only updates the bias: its delta must be zero
                 return compare(layer.get_delta_weight("default"), expected, "delta")

@@ -77,7 +77,12 @@ class TunerKind(Kind):
             "layer_types": list(plan.spec.layers),
             "hyperparameters": {hp.name: f"{hp.annotation} = {hp.default}" for hp in plan.hyperparameters},
             "weights": {
-                w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable} for w in plan.weights
+                w.name: {"attr": w.attr, "shape": w.shape_code, "trainable": w.trainable}
+                # computed once in update_layer by an init expression
+                | ({"computed": w.init_expr} if w.init_expr is not None else {})
+                | ({"dtype": w.dtype} if w.dtype != "float" else {})
+                | ({"persistent": False} if not w.persistent else {})
+                for w in plan.weights
             },
             "forwards": plan.forwards_by_layer_type,
             "files": sorted(files.paths_for(plan, Layout.PEFT_TREE).values()),

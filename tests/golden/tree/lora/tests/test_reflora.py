@@ -64,8 +64,14 @@ def _make(layer_type):
 LAYER_TYPES = ["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d"]
 
 
+# the spec's config kwargs for tiny test layers, per layer type (the ones PEFT's test matrix rows get too)
+LAYER_KWARGS = {"Embedding": {"lora_alpha": 16}}
+
+
 def _config(**kwargs):
-    kwargs.setdefault("fan_in_fan_out", kwargs.pop("_layer_type", None) == "Conv1D")
+    layer_type = kwargs.pop("_layer_type", None)
+    kwargs = {**LAYER_KWARGS.get(layer_type, {}), **kwargs}
+    kwargs.setdefault("fan_in_fan_out", layer_type == "Conv1D")
     return RefLoraConfig(target_modules=["layer"], **kwargs)
 
 
