@@ -239,6 +239,30 @@ def test_oracle_computes_init_expression_buffers_itself():
     assert torch.allclose(sparse.delta(layer, adapter), expected.reshape(12, 8))
 
 
+def test_oracle_shared_weights_are_sliced_to_each_layer():
+    """A shared weight is the model's one tensor, sized for the largest layer: each layer reads the leading block its
+    own shape covers (VeRA's `vera_A[:, :in_features]`, `vera_B[:out_features, :]`)."""
+    torch.manual_seed(4)
+    oracle = Oracle(load_spec(REPO / "reference_methods" / "vera.yaml"))
+    module, x, _ = make_layer("Linear")
+    layer = BaseLayer.of("Linear", module)
+    dims = layer.dims()
+    r = 3
+    # sized for a larger layer elsewhere in the model
+    A, B = torch.randn(r, dims["in_features"] + 5), torch.randn(dims["out_features"] + 4, r)
+    lb, ld = torch.randn(dims["out_features"]), torch.randn(r)
+    adapter = Adapter({"r": r}, {"A": A, "B": B, "lambda_b": lb, "lambda_d": ld})
+    A_, B_ = A[:, : dims["in_features"]].double(), B[: dims["out_features"]].double()
+    expected = (lb.double()[:, None] * B_) @ (ld.double()[:, None] * A_)
+    assert torch.allclose(oracle.delta(layer, adapter), expected)
+    W, b = module.weight.detach().double(), module.bias.detach().double()
+    assert torch.allclose(oracle.forward(layer, x, [adapter]), x.double() @ (W + expected).T + b)
+    # smaller than this layer needs: the model sized it wrongly, which the oracle does not paper over
+    too_small = Adapter({"r": r}, {"A": A[:, :2], "B": B, "lambda_b": lb, "lambda_d": ld})
+    with pytest.raises(ValueError, match="shared weight A"):
+        oracle.delta(layer, too_small)
+
+
 def test_the_walker_covers_the_language():
     names = {"v", "w", "r", "flag"}
     env = {"v": torch.tensor([1.0, -2.0, 3.0]), "w": torch.ones(3, 2), "r": 4, "flag": False}
@@ -343,6 +367,26 @@ def test_generated_layer_agrees_with_the_oracle(oracle_report, spec, layer_type,
     assert method["error"] is None, method["error"]
     result = method["layers"][layer_type][check]
     assert result["ok"], f"{spec.name} on {layer_type}: {check}: {result['detail']}"
+
+
+SHARED_SPECS = [
+    spec
+    for spec in TUNER_SPECS
+    if any(w.get("shared") for w in (yaml.safe_load(spec.read_text(encoding="utf-8")).get("weights") or {}).values())
+]
+
+
+@pytest.mark.slow
+def test_probe_checks_shared_weights_only_where_a_spec_has_them(oracle_report):
+    assert {spec.name for spec in SHARED_SPECS} >= {"vera.yaml", "sharedproj.yaml"}
+    for spec in TUNER_SPECS:
+        layers = oracle_report[str(spec)]["layers"]
+        results = [checks.get("shared_key") for checks in layers.values()]
+        if spec in SHARED_SPECS:
+            # the layer references the model's tensor, frozen, drawn the same from the same key
+            assert results and all(r is not None and r["ok"] for r in results), (spec.name, results)
+        else:
+            assert results == [None] * len(results), spec.name
 
 
 @pytest.mark.slow

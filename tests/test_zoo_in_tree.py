@@ -36,6 +36,9 @@ SPECS = [
     # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
     REPO / "tests" / "specs" / "sparsemask.yaml",
     REPO / "tests" / "specs" / "svdbasis.yaml",
+    REPO / "reference_methods" / "vera.yaml",
+    # unseen: a VeRA-like shared projection with another trainable structure, on four layer types
+    REPO / "tests" / "specs" / "sharedproj.yaml",
 ]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
@@ -56,7 +59,7 @@ def _plan(spec: Path) -> MethodPlan:
     return build_plan(load_spec(spec))
 
 
-# Both methods in each run: PEFT's suite takes seconds of CPU just to collect (20k tests), mypy to start.
+# All methods in each run: PEFT's suite takes seconds of CPU just to collect (20k tests), mypy to start.
 
 
 def test_peft_own_matrix_passes(zoo_tree: Path) -> None:

@@ -75,6 +75,21 @@ class WeightPlan:
     init_expr: str | None = None
     dtype: str = "float"  # "long": an index buffer
     persistent: bool = True  # a frozen buffer in the state dict (False: recomputed from the config on load)
+    shared: bool = False
+    # shared weights only (see `SharedWeightPlan`)
+    slice_code: str = ""  # the slice of the model's tensor a layer uses, e.g. `[:, : self.in_features]`
+
+
+@dataclass
+class SharedWeightPlan:
+    """A weight held once per adapter by the model (VeRA's `vera_A`/`vera_B`), sized for the largest targeted layer
+    and initialised from the config's PRNG key."""
+
+    name: str
+    attr: str
+    shape_code: list[str]  # in the model's `_find_shared_shapes`: one layer's need, from `in_features`/`out_features`
+    init_line: str  # initialises `shared` with `generator`
+    dims: tuple[str, ...] = ()  # the layer dims its shape reads
 
 
 @dataclass
@@ -207,6 +222,8 @@ class MethodPlan:
     imports_functional: bool = False
     uses_buffers: bool = False
     computed_reads_weight: bool = False  # an init expression reads `weight`: update_layer binds it
+    shared_weights: list[SharedWeightPlan] = field(default_factory=list)
+    shared_imports_math: bool = False  # the model's shared-weight init uses `math`
 
     @property
     def computed_weights(self) -> list[WeightPlan]:
@@ -252,9 +269,17 @@ class MethodPlan:
         return branches
 
     @property
+    def shared_dims_unpacking(self) -> str:
+        """`in_features, out_features` for the model's `_find_shared_shapes`, `_` for a dim no shared shape reads."""
+        used = {d for w in self.shared_weights for d in w.dims}
+        return ", ".join(d if d in used else "_" for d in UNIVERSAL_DIMS)
+
+    @property
     def first_weight(self) -> WeightPlan:
-        """The first float weight: its dtype is the adapter's (index buffers are integers)."""
-        return next(w for w in self.weights if w.dtype == "float")
+        """The weight whose per-layer dict says which adapters a layer has, and whose dtype is the adapter's: the
+        first float weight that is not shared (index buffers are integers; the model's shared tensors hold every
+        adapter)."""
+        return next(w for w in self.weights if w.dtype == "float" and not w.shared)
 
     @property
     def mapping_constant(self) -> str:
@@ -283,6 +308,7 @@ class _Planner:
         # `modules` hyperparameters' per-layer booleans: flag -> hyperparameter
         self.flags = {hp.flag: name for name, hp in self.hp.items() if hp.flag is not None}
         self.computed_reads_weight = False
+        self.slices: dict[str, str] = {}  # shared weight -> the slice a layer takes (bindings read it)
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -323,9 +349,13 @@ class _Planner:
         spec = self.spec
         class_name = spec.class_name
         self.check_dropout()
+        self.check_shared()
         hyperparameters = [self.hyperparameter(n, h) for n, h in self.hp.items()]
         derived_exprs = self.derived()
         weights_exprs = {n: self.weight_shape(n, w) for n, w in spec.weights.items()}
+        for n, w in spec.weights.items():
+            if w.shared:
+                self.slices[n] = self.shared_slice(weights_exprs[n])
         # None: a method that only updates the bias (`delta_bias`), whose weight update is zero
         delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names()) if spec.delta_weight else None
         merge = unmerge = None
@@ -349,6 +379,7 @@ class _Planner:
             if expr is not None:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
+        shared_weights = [self.shared_weight(n, w, weights_exprs[n]) for n, w in spec.weights.items() if w.shared]
 
         derived = [
             (name, render(expr, self.update_layer_names(), _SCALAR_MATH)) for name, expr in derived_exprs.items()
@@ -391,6 +422,8 @@ class _Planner:
             imports_functional=self.imports_functional
             or any(lc.uses_layer_op or lc.forward == "factored" for lc in layer_classes),
             uses_buffers=any(not w.trainable for w in weights),
+            shared_weights=shared_weights,
+            shared_imports_math=any("math." in s.init_line for s in shared_weights),
             composition=self.merge_form.composition,
             scale=self.scale_plan(scale) if scale is not None else None,
             caches_base_weight=reads_weight,
@@ -586,7 +619,7 @@ class _Planner:
         if any(x.calls & set(_SCALAR_MATH) for x in shape):
             self.imports_math = True
         ndim = len(weight.shape)
-        attr = f"{self.prefix}{name}"
+        attr = self.attr(name)
         target = f"self.{attr}[adapter_name]"
         if isinstance(weight.init, InitExpr):
             return WeightPlan(
@@ -603,15 +636,24 @@ class _Planner:
                 persistent=weight.persistent,
             )
         random_init = weight.random_init or ("kaiming_uniform" if ndim >= 2 else "normal")
+        if weight.shared:
+            # initialised once by the model (see `shared_weight`), whatever `init_weights` says
+            init_lines: list[str] = []
+            random_init_lines: list[str] = []
+        else:
+            init_lines = self.init_lines(f"weights.{name}.init", weight.init, target, ndim)
+            random_init_lines = self.init_lines(f"weights.{name}.random_init", random_init, target, ndim)
         return WeightPlan(
             name=name,
             attr=attr,
             shape_code=shape_code,
-            init_lines=self.init_lines(f"weights.{name}.init", weight.init, target, ndim),
-            random_init_lines=self.init_lines(f"weights.{name}.random_init", random_init, target, ndim),
+            init_lines=init_lines,
+            random_init_lines=random_init_lines,
             init_by_class=self.init_overrides(name, weight, target, ndim),
-            trainable=weight.trainable,
+            trainable=weight.trainable and not weight.shared,
             ndim=ndim,
+            shared=weight.shared,
+            slice_code=self.slices.get(name, ""),
         )
 
     def init_expr(self, name: str, text: str) -> str:
@@ -654,7 +696,87 @@ class _Planner:
             overrides[family.class_name] = self.init_lines(where, init, target, ndim)
         return overrides
 
-    def init_lines(self, where: str, init: Any, target: str, ndim: int) -> list[str]:
+    # -- shared weights --------------------------------------------------------------------------------------------
+    def check_shared(self) -> None:
+        """Shared weights: what the generated model can size, slice and initialise once per adapter."""
+        shared = [n for n, w in self.spec.weights.items() if w.shared]
+        if not shared:
+            return
+        if len(shared) == len(self.spec.weights):
+            raise self.fail(
+                f"weights.{shared[0]}.shared",
+                "at least one weight must be per layer (not shared): it holds the layer's adapters",
+            )
+        for name in SHARED_CONFIG_FIELDS:
+            if name in self.hp:
+                raise self.fail(
+                    f"hyperparameters.{name}", f"`{name}` is a field the generated config adds for shared weights"
+                )
+        allowed = set(self.hp) | set(UNIVERSAL_DIMS)
+        for name in shared:
+            if self.prefix in f"shared_{name}":
+                raise self.fail(
+                    f"weights.{name}.shared",
+                    f"its attribute `shared_{name}` contains the method's prefix `{self.prefix}`, which PEFT would read "
+                    "as a per-layer weight; rename the weight or the method",
+                )
+            for index, entry in enumerate(self.spec.weights[name].shape):
+                where = f"weights.{name}.shape[{index}]"
+                expr = self.parse(where, entry, self.scalar_names(), tensor=False)
+                other = sorted(expr.names - allowed)
+                if other:
+                    raise self.fail(
+                        where,
+                        f"a shared weight's shape may use hyperparameters, in_features and out_features only, not "
+                        f"{', '.join(other)} (the model sizes it before any layer exists)",
+                    )
+
+    def shared_slice(self, shape: list[Expression]) -> str:
+        """`[...]` taking one layer's part of a shared tensor: entries that read the layer's dims are cut to them
+        (`[:, : self.in_features]`), the others are whole (they are the same for every layer of an adapter)."""
+        entries = []
+        for expr in shape:
+            if expr.names & set(UNIVERSAL_DIMS):
+                self.mark_stored(expr)
+                entries.append(f":{_int_code(render(expr, self.stored_names(), _SCALAR_MATH), expr, self.hp)}")
+            else:
+                entries.append(":")
+        while entries and entries[-1] == ":":
+            entries.pop()
+        return f"[{', '.join(entries)}]" if entries else ""
+
+    def shared_weight(self, name: str, weight: Weight, shape: list[Expression]) -> SharedWeightPlan:
+        mapping = {n: f"config.{n}" for n in self.hp}
+        mapping.update({d: d for d in UNIVERSAL_DIMS})
+        mapping.update(_SCALAR_CONST)
+        shape_code = [_int_code(render(expr, mapping, _SCALAR_MATH), expr, self.hp) for expr in shape]
+        where = f"weights.{name}.init"
+        assert not isinstance(weight.init, InitExpr)  # refused for shared weights by the spec model
+        call = weight.init if isinstance(weight.init, InitCall) else InitCall(name=weight.init)
+        imports_math = self.imports_math  # the line goes to the model, not the layer
+        line = self.init_lines(where, call, "shared", len(weight.shape), names=set(self.hp), mapping=mapping)[0]
+        self.imports_math = imports_math
+        if call.name not in ("zeros", "ones", "constant"):
+            line = line[:-1] + ", generator=generator)"
+        dims = tuple(d for d in UNIVERSAL_DIMS if any(d in expr.names for expr in shape))
+        return SharedWeightPlan(name=name, attr=self.attr(name), shape_code=shape_code, init_line=line, dims=dims)
+
+    def attr(self, name: str) -> str:
+        """The attribute holding a weight: `<prefix><name>`; a shared one `shared_<name>`, outside the method's prefix
+        (like VeRA's `vera_A` outside `vera_lambda_`), so that PEFT does not take the layers' references to the model's
+        tensor for per-layer weights (missing from a checkpoint, which holds the tensor once)."""
+        return f"shared_{name}" if self.spec.weights[name].shared else f"{self.prefix}{name}"
+
+    def init_lines(
+        self,
+        where: str,
+        init: Any,
+        target: str,
+        ndim: int,
+        names: set[str] | None = None,
+        mapping: dict[str, str] | None = None,
+    ) -> list[str]:
+        """`names`/`mapping`: what the arguments may read and how (default: scalars stored on the layer)."""
         call = init if isinstance(init, InitCall) else InitCall(name=init)
         if call.name in _NEEDS_2D and ndim < 2:
             raise self.fail(where, f"`{call.name}` needs a weight with at least 2 dims (this one has {ndim})")
@@ -679,10 +801,13 @@ class _Planner:
         args = []
         for key in allowed:
             if key in given:
-                expr = self.parse(f"{where}.{key}", given[key], self.scalar_names(), tensor=False)
-                self.mark_stored(expr)
+                expr = self.parse(
+                    f"{where}.{key}", given[key], self.scalar_names() if names is None else names, tensor=False
+                )
+                if mapping is None:
+                    self.mark_stored(expr)
                 keyword = "val" if key == "value" else key  # torch's nn.init.constant_(tensor, val)
-                args.append(f"{keyword}={render(expr, self.stored_names(), _SCALAR_MATH)}")
+                args.append(f"{keyword}={render(expr, mapping or self.stored_names(), _SCALAR_MATH)}")
         if call.name == "kaiming_uniform" and "a" not in given:
             # nn.Linear's own default, so an adapter factor is initialised like the layer it mirrors
             args.append("a=math.sqrt(5)")
@@ -690,8 +815,16 @@ class _Planner:
         return [f"nn.init.{call.name}_({', '.join([target, *args])})"]
 
     def bindings(self, names: set[str]) -> list[tuple[str, str]]:
-        """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value)."""
-        return [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
+        """Locals for the weights and stored scalars among `names`: (name, code reading this adapter's value); a
+        shared weight reads the slice this layer needs."""
+        return [
+            (
+                n,
+                f"self.{self.attr(n) if n in self.spec.weights else self.prefix + n}[adapter_name]{self.slices.get(n, '')}",
+            )
+            for n in [*self.spec.weights, *self.stored]
+            if n in names
+        ]
 
     def delta_plan(self, delta: Expression | None) -> DeltaPlan:
         floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
@@ -699,6 +832,9 @@ class _Planner:
             # `_canonical_delta` returns zeros of the weight's shape
             return DeltaPlan([], floats[0], [], False, "")
         used_weights = [n for n in floats if n in delta.names] or floats[:1]
+        # the dtype comes from a per-layer weight where there is one (a shared tensor is cast by whichever layer
+        # moved it last)
+        used_weights.sort(key=lambda n: self.spec.weights[n].shared)
         dims = {d: DIM_CODE[d] for d in self.dims}
         return DeltaPlan(
             bindings=self.bindings(set(delta.names) | set(used_weights[:1])),
@@ -848,6 +984,17 @@ def _may_alias(node: ast.expr) -> bool:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _VIEWS:
         return _may_alias(node.func.value)
     return False
+
+
+SHARED_CONFIG_FIELDS = ("projection_prng_key", "save_projection")
+
+
+def _int_code(code: str, expr: Expression, hp: dict[str, Hyperparameter]) -> str:
+    """`code` as an int: bare names of dims and int hyperparameters already are."""
+    simple = isinstance(expr.tree, (ast.Name, ast.Constant)) and all(
+        n in UNIVERSAL_DIMS or n in hp and hp[n].type == "int" for n in expr.names
+    )
+    return code if simple else f"int({code})"
 
 
 def _num(value: float, type_: str) -> str:

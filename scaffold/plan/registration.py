@@ -49,7 +49,14 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             cases.append(
                 (f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0", **mlp})
             )
+    if plan.shared_weights and {"Embedding", "Conv1D"} <= set(plan.spec.layers):
+        # shared weights are sized for the largest targeted layer (the MLP lin0+lin1 row above has two sizes):
+        # here two layer types of different sizes, (100 -> 5) and (5 -> 1), read one tensor
+        kwargs = {"target_modules": ["emb", "conv1d"], "fan_in_fan_out": True}
+        cases.append((f"Vanilla EmbConv1D emb+conv1d {title}", "EmbConv1D", kwargs))
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    # PEFT's VeRA has only the "Same" row: its second adapter reuses the first one's projections, too small for other
+    # layers. A generated method draws each adapter's shared weights for its own targets, so "Different" stays.
     if "Linear" in plan.spec.layers:
         multi.append(
             (

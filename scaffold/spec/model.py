@@ -245,7 +245,11 @@ class Weight(_Strict):
         description="identity init for specific layer types (e.g. LoRA's embeddings: A zeros, B normal)",
     )
     trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
-    shared: bool = Field(default=False, description="shared across layers (VeRA-style); reserved, not supported yet")
+    shared: bool = Field(
+        default=False,
+        description="one frozen tensor per adapter held by the model, sized for the largest targeted layer and "
+        "initialised from the config's `projection_prng_key`; each layer uses the slice its dims need (VeRA-style)",
+    )
     dtype: Literal["float", "long"] = Field(
         default="float", description="`long` for index buffers (frozen, computed by an init expression)"
     )
@@ -253,12 +257,29 @@ class Weight(_Strict):
         default=True, description="False: a frozen buffer left out of the state dict (recomputed from the config)"
     )
 
-    @field_validator("shared")
-    @classmethod
-    def _shared_not_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("weights shared across layers are not supported yet")
-        return value
+    @model_validator(mode="after")
+    def _check_shared(self) -> Weight:
+        if not self.shared:
+            return self
+        # a shared weight is a frozen random projection, as in VeRA: PEFT's per-layer gradient and state-dict
+        # handling of trainable tensors does not apply to a tensor the model holds once
+        if "trainable" in self.model_fields_set and self.trainable:
+            raise FieldError(
+                "trainable", "a shared weight is frozen (a random projection, as in VeRA); drop `trainable`"
+            )
+        if self.random_init is not None:
+            raise FieldError("random_init", "a shared weight is always initialised with `init` from the PRNG key")
+        if self.init_by_layer:
+            raise FieldError("init_by_layer", "a shared weight is one tensor for all layers; it has a single `init`")
+        if isinstance(self.init, InitExpr):
+            raise FieldError(
+                "init", "a shared weight is drawn from the PRNG key with an initialiser, not an expression"
+            )
+        if self.dtype != "float":
+            raise FieldError("dtype", "a shared weight is a float tensor drawn from the PRNG key")
+        if not self.persistent:
+            raise FieldError("persistent", "whether shared weights are saved is the config's `save_projection`")
+        return self
 
     @model_validator(mode="after")
     def _check_computed(self) -> Weight:

@@ -385,7 +385,8 @@ def evaluate_scalar(expr: Expression, env: Mapping[str, Any]) -> Any:
 
 @dataclass
 class Adapter:
-    """One adapter's values: hyperparameters (as in its config) and weights (by spec name, spec shapes)."""
+    """One adapter's values: hyperparameters (as in its config) and weights (by spec name, spec shapes; a shared
+    weight may be the model's whole tensor, larger than one layer's shape)."""
 
     hyperparameters: Mapping[str, Any]
     weights: Mapping[str, torch.Tensor]
@@ -434,6 +435,9 @@ class Oracle:
                 self._exprs[f"init.{name}"] = parse_expression(
                     weight.init.expr, names=scalar_names | {"weight"}, functions={"randperm"}
                 )
+            if weight.shared:  # one tensor for every layer, of which a layer reads the part its shape names
+                for index, entry in enumerate(weight.shape):
+                    self._exprs[f"shape.{name}.{index}"] = parse_expression(entry, names=scalar_names, tensor=False)
 
     # -- names ----------------------------------------------------------------------------------------------------
     def _env(self, layer: BaseLayer, adapter: Adapter) -> dict[str, Any]:
@@ -461,6 +465,15 @@ class Oracle:
             raise OracleUnsupported(f"no value for weight(s) {', '.join(sorted(missing))}")
         for name, weight in spec.weights.items():
             value = computed[name] if name in computed else adapter.weights[name].detach()
+            if weight.shared:
+                # the model's tensor is sized for the largest layer: this layer reads the leading block its own
+                # shape (evaluated at its dims) covers
+                shape = [int(evaluate_scalar(self._exprs[f"shape.{name}.{i}"], env)) for i in range(len(weight.shape))]
+                if any(n > size for n, size in zip(shape, value.shape)):
+                    raise ValueError(
+                        f"shared weight {name}: {tuple(value.shape)} is smaller than this layer's {shape}"
+                    )
+                value = value[tuple(slice(0, n) for n in shape)]
             env[name] = value.double() if weight.dtype == "float" else value
         return env
 

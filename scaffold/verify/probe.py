@@ -40,6 +40,8 @@ CHECKS: dict[str, str] = {
     "two_adapters": "with two active adapters the forward must equal the output after merging both",
     "fp16": "the fp16 forward is not finite or far from the fp32 one",
     "bf16": "the bf16 forward is not finite or far from the fp32 one",
+    "shared_key": "shared weights must be the model's tensors (layers hold references), frozen, and drawn the same "
+    "from the same `projection_prng_key` (checkpoints without them rely on it)",
     "oracle_delta": "get_delta_weight differs from the spec's delta_weight evaluated independently",
     "oracle_forward": "the forward differs from the spec's forward evaluated independently",
     "oracle_merge": "the merged weight differs from the spec's merge evaluated independently",
@@ -51,6 +53,8 @@ CHECKS: dict[str, str] = {
     "oracle_two_unmerge": "unmerging two adapters does not give what the spec's unmerge gives",
 }
 ORACLE_CHECKS = tuple(name for name in CHECKS if name.startswith("oracle_"))
+# checks of a spec-language feature, run only for specs that use it (`verify` shows no row for the others)
+FEATURE_CHECKS = {"shared_key": "shared weights"}
 
 # fp32 against the float64 oracle / against itself: relative to max(1, largest magnitude of the reference)
 TOLERANCE = 1e-5
@@ -302,6 +306,25 @@ class _MethodProbe:
 
             return run
 
+        @torch.no_grad()
+        def shared_key() -> tuple[None, bool, str]:
+            first, layer = model()
+            second, _ = model()
+            problems = []
+            for w in self.plan.weights:
+                if not w.shared:
+                    continue
+                held = getattr(first.base_model, w.attr)
+                if getattr(layer, w.attr) is not held:
+                    problems.append(f"{w.name}: the layer holds its own dict, not the model's")
+                if not torch.equal(held["default"], getattr(second.base_model, w.attr)["default"]):
+                    problems.append(f"{w.name}: the same key drew different values")
+                if held["default"].requires_grad:
+                    problems.append(f"{w.name} is trainable")
+            return None, not problems, "; ".join(problems)
+
+        if self.plan.shared_weights:
+            record("shared_key", shared_key)
         for check, run in (
             ("identity_init", identity_init),
             ("finite", finite),
