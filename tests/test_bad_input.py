@@ -146,6 +146,14 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "weights.lora_B.shape[0]",
     ),
     (
+        "shared-init-expression",
+        _set(
+            "weights.lora_B",
+            {"shape": ["out_features", "r"], "init": {"expr": "torch.zeros(out_features, r)"}, "shared": True},
+        ),
+        "weights.lora_B.init",
+    ),
+    (
         "shared-every-weight",
         _all(
             _set("weights.lora_A", {"shape": ["r", "in_features"], "init": "zeros", "shared": True}),
