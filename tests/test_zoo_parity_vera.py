@@ -55,6 +55,9 @@ MULTI_ONLY_DIFF_KEYS = ("mixed_batch",)
 EFFECT_KEYS = ("effect_forward", "effect_merged_weight")
 SINGLE_ONLY_EFFECT_KEYS = ("effect_grad",)
 
+# one subprocess for all cases, about a minute on 2 cores
+pytestmark = pytest.mark.slow
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # pytest side
