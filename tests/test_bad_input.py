@@ -114,7 +114,61 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "hyperparameters.mode.default",
     ),
     ("list-without-item", _set("hyperparameters.ids", {"type": "list"}), "hyperparameters.ids"),
-    ("shared-weight", _set("weights.lora_A.shared", True), "weights.lora_A.shared"),
+    # shared weights: frozen, one init from the key, sized from layer dims only, never all of them
+    (
+        "shared-init_by_layer",
+        _set("weights.lora_A.shared", True),
+        "weights.lora_A.init_by_layer",
+    ),
+    (
+        "shared-trainable",
+        _set("weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True}),
+        "weights.lora_B.trainable",
+    ),
+    (
+        "shared-random_init",
+        _set(
+            "weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "random_init": "ones"}
+        ),
+        "weights.lora_B.random_init",
+    ),
+    (
+        "shared-shape-derived",
+        _set("weights.lora_B", {"shape": ["out_features", "scaling"], "init": "zeros", "shared": True}),
+        "weights.lora_B.shape[1]",
+    ),
+    (
+        "shared-shape-conv-dim",
+        _all(
+            _set("layers", ["Conv2d"]),
+            _set("weights.lora_B", {"shape": ["out_channels", "r"], "init": "zeros", "shared": True}),
+        ),
+        "weights.lora_B.shape[0]",
+    ),
+    (
+        "shared-init-expression",
+        _set(
+            "weights.lora_B",
+            {"shape": ["out_features", "r"], "init": {"expr": "torch.zeros(out_features, r)"}, "shared": True},
+        ),
+        "weights.lora_B.init",
+    ),
+    (
+        "shared-every-weight",
+        _all(
+            _set("weights.lora_A", {"shape": ["r", "in_features"], "init": "zeros", "shared": True}),
+            _set("weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True}),
+        ),
+        "weights.lora_A.shared",
+    ),
+    (
+        "shared-config-field-taken",
+        _all(
+            _set("weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True}),
+            _set("hyperparameters.save_projection", {"type": "bool", "default": True}),
+        ),
+        "hyperparameters.save_projection",
+    ),
     ("merge-without-unmerge", _set("merge", "weight + delta_weight"), "merge"),
     ("bound-infinite", _set("hyperparameters.r.max", float("inf")), "hyperparameters.r.max"),
     ("default-nan", _set("hyperparameters.lora_alpha.default", float("nan")), "hyperparameters.lora_alpha.default"),

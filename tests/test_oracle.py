@@ -153,6 +153,54 @@ def test_oracle_non_additive_methods_compose_like_their_merge():
     assert torch.allclose(oracle.forward(layer, x, [first, second]), x.double() @ both.T + b)
 
 
+def test_oracle_ia3_scales_the_output_with_its_bias_or_the_input_per_layer_flag():
+    """refia3: without the flag the output is scaled, bias included (merge_bias); with it the input is scaled and the
+    bias left alone; two adapters with different flags compose like their merges (the scalings commute)."""
+    torch.manual_seed(4)
+    oracle = Oracle(load_spec(REPO / "reference_methods" / "ia3.yaml"))
+    module, x, _ = make_layer("Linear")
+    layer = BaseLayer.of("Linear", module)
+    W, b, xd = module.weight.detach().double(), module.bias.detach().double(), x.double()
+    out_vec, in_vec = 1 + 0.3 * torch.randn(12), 1 + 0.3 * torch.randn(8)
+    output = Adapter({}, {"ia3_l": out_vec})
+    feedforward = Adapter({}, {"ia3_l": in_vec}, flags={"is_feedforward": True})
+    v, u = out_vec.double(), in_vec.double()
+    assert torch.allclose(oracle.forward(layer, x, [output]), (xd @ W.T + b) * v)
+    assert torch.allclose(oracle.merged_bias(layer, [output]), b * v)
+    assert torch.allclose(oracle.forward(layer, x, [feedforward]), (xd * u) @ W.T + b)
+    assert torch.allclose(oracle.merged_bias(layer, [feedforward]), b)
+    merged = W * u[None, :] * v[:, None]
+    assert torch.allclose(oracle.merged_weight(layer, [feedforward, output]), merged)
+    assert torch.allclose(oracle.forward(layer, x, [output, feedforward]), ((xd * u) @ W.T + b) * v)
+    assert torch.allclose(oracle.unmerged_bias(layer, b * v, [feedforward, output]), b)
+
+
+def test_oracle_bias_update_adds_in_forward_and_on_merge():
+    torch.manual_seed(5)
+    oracle = Oracle(load_spec(REPO / "tests" / "specs" / "biasshift.yaml"))
+    module, x, _ = make_layer("Conv2d")
+    layer = BaseLayer.of("Conv2d", module)
+    dims = layer.dims()
+    adapters = [
+        Adapter(
+            {"r": 2, "alpha": 3.0},
+            {
+                "lora_A": torch.randn(2, dims["in_features"]),
+                "lora_B": torch.randn(dims["out_features"], 2),
+                "db": torch.randn(dims["out_features"]),
+            },
+        )
+        for _ in range(2)
+    ]
+    b = module.bias.detach().double()
+    shift = sum(a.weights["db"].double() * 1.5 for a in adapters)
+    merged = oracle.merged_canonical(layer, adapters)
+    assert torch.allclose(oracle.merged_bias(layer, adapters), b + shift)
+    expected = layer.output(x.double(), merged, b + shift)
+    assert torch.allclose(oracle.forward(layer, x, adapters), expected)
+    assert torch.allclose(oracle.unmerged_bias(layer, b + shift, adapters), b)
+
+
 def test_oracle_computes_init_expression_buffers_itself():
     """DeLoRA's column norms and FourierFT's seeded indices come from the base weight and the hyperparameters,
     never from the adapter's values; `torch.zeros` takes the oracle's float64; FFT and index_put are walked."""
@@ -189,6 +237,30 @@ def test_oracle_computes_init_expression_buffers_itself():
     expected = torch.zeros(96, dtype=torch.float64)
     expected[support] = values.double()
     assert torch.allclose(sparse.delta(layer, adapter), expected.reshape(12, 8))
+
+
+def test_oracle_shared_weights_are_sliced_to_each_layer():
+    """A shared weight is the model's one tensor, sized for the largest layer: each layer reads the leading block its
+    own shape covers (VeRA's `vera_A[:, :in_features]`, `vera_B[:out_features, :]`)."""
+    torch.manual_seed(4)
+    oracle = Oracle(load_spec(REPO / "reference_methods" / "vera.yaml"))
+    module, x, _ = make_layer("Linear")
+    layer = BaseLayer.of("Linear", module)
+    dims = layer.dims()
+    r = 3
+    # sized for a larger layer elsewhere in the model
+    A, B = torch.randn(r, dims["in_features"] + 5), torch.randn(dims["out_features"] + 4, r)
+    lb, ld = torch.randn(dims["out_features"]), torch.randn(r)
+    adapter = Adapter({"r": r}, {"A": A, "B": B, "lambda_b": lb, "lambda_d": ld})
+    A_, B_ = A[:, : dims["in_features"]].double(), B[: dims["out_features"]].double()
+    expected = (lb.double()[:, None] * B_) @ (ld.double()[:, None] * A_)
+    assert torch.allclose(oracle.delta(layer, adapter), expected)
+    W, b = module.weight.detach().double(), module.bias.detach().double()
+    assert torch.allclose(oracle.forward(layer, x, [adapter]), x.double() @ (W + expected).T + b)
+    # smaller than this layer needs: the model sized it wrongly, which the oracle does not paper over
+    too_small = Adapter({"r": r}, {"A": A[:, :2], "B": B, "lambda_b": lb, "lambda_d": ld})
+    with pytest.raises(ValueError, match="shared weight A"):
+        oracle.delta(layer, too_small)
 
 
 def test_the_walker_covers_the_language():
@@ -267,6 +339,8 @@ def oracle_report(oracle_tree: Path) -> dict[str, Any]:
 def test_every_tuner_spec_is_covered():
     names = {p.name for p in TUNER_SPECS}
     assert {"lora.yaml", "hadamard.yaml", "kron.yaml", "scaler.yaml"} <= names
+    # module selectors with a conditional merge and merge_bias; a bias-only method; a bias update next to LoRA
+    assert {"ia3.yaml", "beft.yaml", "biasshift.yaml"} <= names
     # computed buffers (issue #10): column norms, seeded indices with an FFT, a scatter, an SVD basis
     assert {"delora.yaml", "fourierft.yaml", "sparsemask.yaml", "svdbasis.yaml"} <= names
     assert len(CASES) >= 4 * len(ORACLE_CHECKS)
@@ -293,6 +367,26 @@ def test_generated_layer_agrees_with_the_oracle(oracle_report, spec, layer_type,
     assert method["error"] is None, method["error"]
     result = method["layers"][layer_type][check]
     assert result["ok"], f"{spec.name} on {layer_type}: {check}: {result['detail']}"
+
+
+SHARED_SPECS = [
+    spec
+    for spec in TUNER_SPECS
+    if any(w.get("shared") for w in (yaml.safe_load(spec.read_text(encoding="utf-8")).get("weights") or {}).values())
+]
+
+
+@pytest.mark.slow
+def test_probe_checks_shared_weights_only_where_a_spec_has_them(oracle_report):
+    assert {spec.name for spec in SHARED_SPECS} >= {"vera.yaml", "sharedproj.yaml"}
+    for spec in TUNER_SPECS:
+        layers = oracle_report[str(spec)]["layers"]
+        results = [checks.get("shared_key") for checks in layers.values()]
+        if spec in SHARED_SPECS:
+            # the layer references the model's tensor, frozen, drawn the same from the same key
+            assert results and all(r is not None and r["ok"] for r in results), (spec.name, results)
+        else:
+            assert results == [None] * len(results), spec.name
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scaffold.cli import app
-from scaffold.verify.probe import CHECKS
+from scaffold.verify.probe import CHECKS, FEATURE_CHECKS
 from tests.conftest import snapshot_tree
 
 
@@ -106,7 +106,7 @@ def test_verify_names_the_failing_check_of_a_broken_spec(verify_tree, name):
     assert report["stages"][f"probe: {must_fail}"]["ok"] is False
     # every other probe check ran and passed: the failure is named, not drowned
     probe_rows = {name: row for name, row in report["stages"].items() if name.startswith("probe: ")}
-    assert set(probe_rows) == {f"probe: {check}" for check in CHECKS}
+    assert set(probe_rows) == {f"probe: {check}" for check in CHECKS if check not in FEATURE_CHECKS}
     assert all(row["ok"] for name, row in probe_rows.items() if name.removeprefix("probe: ") not in may_fail)
     assert snapshot_tree(verify_tree) == before  # verify writes nothing into the tree's sources
 
@@ -124,7 +124,8 @@ def test_verify_runs_the_generated_tests_and_linters_green_on_the_reference_lora
     ]
     assert stages["generated tests"]["tests"]["passed"] > 20 and stages["generated tests"]["tests"]["failed"] == 0
     assert stages["ruff + mypy"]["findings"] == []
-    for check in CHECKS:
+    assert not any(f"probe: {check}" in stages for check in FEATURE_CHECKS)  # LoRA shares no weights
+    for check in set(CHECKS) - set(FEATURE_CHECKS):
         layers = stages[f"probe: {check}"]["layers"]
         assert sorted(layers) == sorted(["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d"]), check
         assert all(result["ok"] for result in layers.values()), (check, layers)

@@ -75,7 +75,7 @@ def test_check_reports_missing_unknown_and_broken_entries(peft_sdist: Path, tmp_
         data["tuners"]["notamethod"] = {"status": "expressible", "note": "x"}
         data["tuners"]["prompt_tuning"] = {"status": "expressible", "note": "x"}
         data["tuners"]["loha"]["spec"] = "reference_methods/missing.yaml"
-        data["tuners"]["beft"]["needs"] = ["teleportation"]
+        data["tuners"]["adamss"]["needs"] = ["teleportation"]
         data["tuners"]["c3a"] = {"status": "maybe"}
         data["tuners"]["hira"] = {"status": "expressible", "note": "x", "spec": "reference_methods/lora.yaml"}
 
@@ -84,7 +84,7 @@ def test_check_reports_missing_unknown_and_broken_entries(peft_sdist: Path, tmp_
         "tuners: PEFT's layer tuner `vera` has no entry",
         "tuners.notamethod: is not a PEFT method in the sdist",
         "tuners.prompt_tuning: is not a layer tuner in the sdist",
-        "tuners.beft.needs: unknown feature `teleportation`",
+        "tuners.adamss.needs: unknown feature `teleportation`",
         "tuners.c3a.status: 'maybe' is not one of reference, expressible, needs, out_of_scope",
         "tuners.hira.spec: not a field of a `expressible` entry",
         "tuners.loha.spec: reference_methods/missing.yaml does not exist",

@@ -1,12 +1,10 @@
-"""The zoo's reference specs (reference_methods/loha.yaml, lokr.yaml, delora.yaml, fourierft.yaml, c3a.yaml, oft.yaml)
-and the unseen specs of computed buffers (tests/specs/sparsemask.yaml, svdbasis.yaml) and of a rotation
-(tests/specs/exprot.yaml) in a real PEFT 0.21.2 tree.
+"""The zoo's reference specs (reference_methods/*.yaml, in SPECS below) and the unseen specs that use each
+spec-language feature of issue #10 (tests/specs/*.yaml, in SPECS too) in a real PEFT 0.21.2 tree.
 
 All are generated and registered into one tree (`new --peft-root`); then, per method: PEFT's own test matrix
 (tests/test_custom_models.py and tests/test_config.py, the rows the registrar added) passes with 0 failed, the
 generated tests pass, and ruff (PEFT's settings) and mypy report nothing on the generated code. Numerical parity
-with PEFT's LoHa/LoKr is tests/test_zoo_parity.py, with DeLoRA/FourierFT/C3A tests/test_zoo_parity_buffers.py, with
-OFT tests/test_zoo_parity_oft.py.
+with PEFT's methods is tests/test_zoo_parity*.py.
 """
 
 from __future__ import annotations
@@ -28,12 +26,19 @@ REPO = Path(__file__).resolve().parent.parent
 SPECS = [
     REPO / "reference_methods" / "loha.yaml",
     REPO / "reference_methods" / "lokr.yaml",
+    REPO / "reference_methods" / "ia3.yaml",
+    REPO / "reference_methods" / "beft.yaml",
+    # an unseen spec using a feature the reference specs do not: an additive bias update next to a LoRA update
+    REPO / "tests" / "specs" / "biasshift.yaml",
     REPO / "reference_methods" / "delora.yaml",
     REPO / "reference_methods" / "fourierft.yaml",
     REPO / "reference_methods" / "c3a.yaml",
     # unseen specs of computed buffers: a seeded index buffer (scatter), an SVD basis of the base weight
     REPO / "tests" / "specs" / "sparsemask.yaml",
     REPO / "tests" / "specs" / "svdbasis.yaml",
+    REPO / "reference_methods" / "vera.yaml",
+    # unseen: a VeRA-like shared projection with another trainable structure, on four layer types
+    REPO / "tests" / "specs" / "sharedproj.yaml",
     REPO / "reference_methods" / "oft.yaml",
     # an unseen OFT-like rotation (output side, matrix_exp), issue #10
     REPO / "tests" / "specs" / "exprot.yaml",
@@ -57,7 +62,7 @@ def _plan(spec: Path) -> MethodPlan:
     return build_plan(load_spec(spec))
 
 
-# Both methods in each run: PEFT's suite takes seconds of CPU just to collect (20k tests), mypy to start.
+# All methods in each run: PEFT's suite takes seconds of CPU just to collect (20k tests), mypy to start.
 
 
 def test_peft_own_matrix_passes(zoo_tree: Path) -> None:

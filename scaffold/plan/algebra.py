@@ -185,7 +185,7 @@ def _add_factor(
 
 # -- composition ------------------------------------------------------------------------------------------------
 
-Composition = Literal["additive", "output", "input", "input_matrix", "output_matrix"]
+Composition = Literal["additive", "output", "input", "selected", "input_matrix", "output_matrix"]
 # How a matrix merge is undone: with the exact inverse (`torch.linalg.inv(M)`), or with the transpose, which the
 # spec author declares to be the inverse (M orthogonal, e.g. a Householder product) by writing it.
 Inverse = Literal["inv", "transpose"]
@@ -193,14 +193,45 @@ Inverse = Literal["inv", "transpose"]
 
 @dataclass
 class MergeForm:
-    """How the spec's `merge` composes adapters: `additive`; scaling of the `output` rows / `input` columns of
-    the canonical weight by `scale` (a 1-D expression: shape (out_features,) or (in_features,)); or multiplying it
-    by the square matrix `scale` on the input side (`weight @ M`, M of shape (in_features, in_features)) or the
-    output side (`M @ weight`, (out_features, out_features)), undone as `inverse` says."""
+    """How the spec's `merge` composes adapters: `additive`, or scaling of the `output` rows / `input` columns of
+    the canonical weight by `scale` (a 1-D expression: shape (out_features,) or (in_features,)), or `selected`:
+    one of several scaling forms, chosen per adapter and layer by a condition (`branches`); or multiplying it by the
+    square matrix `scale` on the input side (`weight @ M`, M of shape (in_features, in_features)) or the output side
+    (`M @ weight`, (out_features, out_features)), undone as `inverse` says."""
 
     composition: Composition
     scale: ast.expr | None = None
     inverse: Inverse | None = None
+    # selected: (condition, form) in order; the last condition is None (the `else`)
+    branches: list[tuple[ast.expr | None, MergeForm]] = field(default_factory=list)
+
+    def input_condition(self) -> ast.expr | None:
+        """selected: the condition under which an adapter scales the input (None: never)."""
+        terms: list[ast.expr] = []
+        earlier: list[ast.expr] = []
+        for test, form in self.branches:
+            if form.composition == "input":
+                parts = [ast.UnaryOp(ast.Not(), e) for e in earlier] + ([test] if test is not None else [])
+                if not parts:
+                    terms.append(ast.Constant(True))
+                else:
+                    terms.append(parts[0] if len(parts) == 1 else ast.BoolOp(ast.And(), parts))
+            if test is not None:
+                earlier.append(test)
+        if not terms:
+            return None
+        return terms[0] if len(terms) == 1 else ast.BoolOp(ast.Or(), terms)
+
+    def selected_scale(self) -> ast.expr:
+        """selected: the vector of the branch an adapter takes, as one conditional expression."""
+        expr = self.branches[-1][1].scale
+        assert expr is not None
+        if all(ast.dump(form.scale) == ast.dump(expr) for _, form in self.branches if form.scale is not None):
+            return expr  # one vector, used as rows or columns
+        for test, form in reversed(self.branches[:-1]):
+            assert test is not None and form.scale is not None
+            expr = ast.IfExp(test=test, body=form.scale, orelse=expr)
+        return expr
 
 
 class CompositionError(ValueError):
@@ -221,6 +252,8 @@ _SUPPORTED = (
 def merge_form(merge: ast.expr, unmerge: ast.expr, ranks: Mapping[str, int] | None = None) -> MergeForm:
     """Classify `merge` and check that `unmerge` is its inverse (same update, opposite operation). `ranks` (of the
     names the expressions read) tell a square matrix from a broadcast vector (`v[:, None] @ weight` is no rotation)."""
+    if isinstance(merge, ast.IfExp):
+        return _selected_form(merge, unmerge)
     additive = _additive(merge, ast.Add)
     if additive is not None:
         if not _is_name(additive, "delta_weight"):
@@ -242,6 +275,102 @@ def merge_form(merge: ast.expr, unmerge: ast.expr, ranks: Mapping[str, int] | No
         index = "[:, None]" if side == "output" else "[None, :]"
         raise CompositionError("unmerge", f"must undo the merge: `weight / {shown}{index}`")
     return MergeForm(side, scale)
+
+
+def _selected_form(merge: ast.IfExp, unmerge: ast.expr) -> MergeForm:
+    """`merge_a if cond else merge_b` (nested in the `else` for more): a scaling form per branch, chosen per adapter
+    and layer. Input and output scalings commute, so adapters still chain like their merges whatever they chose."""
+    branches: list[tuple[ast.expr | None, MergeForm]] = []
+    node: ast.expr = merge
+    undo: ast.expr = unmerge
+    while isinstance(node, ast.IfExp):
+        if not isinstance(undo, ast.IfExp) or ast.dump(undo.test) != ast.dump(node.test):
+            raise CompositionError(
+                "unmerge",
+                f"must select with the same condition as `merge`: `... if {ast.unparse(node.test)} else ...`",
+            )
+        branches.append((node.test, _scaling_branch(node.body, undo.body)))
+        node, undo = node.orelse, undo.orelse
+    if isinstance(undo, ast.IfExp):
+        raise CompositionError("unmerge", "selects between more forms than `merge`")
+    branches.append((None, _scaling_branch(node, undo)))
+    return MergeForm("selected", branches=branches)
+
+
+def _scaling_branch(merge: ast.expr, unmerge: ast.expr) -> MergeForm:
+    try:
+        form = merge_form(merge, unmerge)
+    except CompositionError as exc:
+        raise CompositionError(exc.field, f"in the branch `{ast.unparse(merge)}`: {exc}") from None
+    if form.composition not in ("input", "output"):
+        raise CompositionError(
+            "merge",
+            f"a conditional merge selects between scalings (`weight * v[:, None]`, `weight * v[None, :]`), not "
+            f"`{ast.unparse(merge)}`: a forward could not order additive updates against input scalings",
+        )
+    return form
+
+
+def bias_scaling(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) -> bool:
+    """Check `merge_bias`/`unmerge_bias` against a scaling merge; whether the bias is scaled.
+
+    The merged layer computes `W' x + b'`; the forward scales the layer's output, so `b'` must be the bias scaled
+    like the rows (`bias * v`, with `v` the output scaling's vector) or the bias unchanged (`bias`). With a
+    conditional merge, `merge_bias` selects with the same conditions; input-scaling branches leave the bias alone.
+    """
+    if form.composition == "additive":
+        raise CompositionError("merge_bias", "applies to a scaling `merge`; an additive update uses `delta_bias`")
+    if form.composition == "input":
+        raise CompositionError("merge_bias", "`merge` scales the input, which leaves the bias alone: remove it")
+    branches = form.branches if form.composition == "selected" else [(None, form)]
+    scaled: set[bool] = set()
+    node, undo = merge_bias, unmerge_bias
+    for index, (test, branch) in enumerate(branches):
+        if test is not None:
+            if not isinstance(node, ast.IfExp) or ast.dump(node.test) != ast.dump(test):
+                raise CompositionError(
+                    "merge_bias", f"must select like `merge`: `... if {ast.unparse(test)} else ...`"
+                )
+            if not isinstance(undo, ast.IfExp) or ast.dump(undo.test) != ast.dump(test):
+                raise CompositionError(
+                    "unmerge_bias", f"must select like `merge`: `... if {ast.unparse(test)} else ...`"
+                )
+            this, this_undo, node, undo = node.body, undo.body, node.orelse, undo.orelse
+        else:
+            this, this_undo = node, undo
+        if _is_name(this, "bias"):
+            if not _is_name(this_undo, "bias"):
+                raise CompositionError("unmerge_bias", "must leave the bias alone where `merge_bias` does (`bias`)")
+            if branch.composition == "output":
+                scaled.add(False)
+            continue
+        assert branch.scale is not None
+        shown = ast.unparse(branch.scale)
+        if branch.composition == "input":
+            raise CompositionError("merge_bias", "the branch scaling the input must leave the bias alone (`bias`)")
+        if not _bias_scaled(this, ast.Mult, branch.scale):
+            raise CompositionError(
+                "merge_bias", f"must be `bias` or `bias * {shown}` (the bias scaled like the weight's rows)"
+            )
+        if not _bias_scaled(this_undo, ast.Div, branch.scale):
+            raise CompositionError("unmerge_bias", f"must undo `merge_bias`: `bias / {shown}`")
+        scaled.add(True)
+    if len(scaled) > 1:
+        raise CompositionError("merge_bias", "must scale the bias on every output-scaling branch or on none")
+    return scaled == {True}
+
+
+def _bias_scaled(node: ast.expr, op: type[ast.operator], scale: ast.expr) -> bool:
+    """`bias <op> scale` (or `scale * bias`)."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, op)):
+        return False
+    if _is_name(node.left, "bias"):
+        other = node.right
+    elif op is ast.Mult and _is_name(node.right, "bias"):
+        other = node.left
+    else:
+        return False
+    return ast.dump(other) == ast.dump(scale)
 
 
 def _matrix_side(node: ast.expr) -> tuple[Composition, ast.expr] | None:

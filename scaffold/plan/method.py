@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scaffold.errors import ScaffoldError
-from scaffold.plan.algebra import CompositionError, MergeForm, factorise, merge_form, reads
+from scaffold.plan.algebra import CompositionError, MergeForm, bias_scaling, factorise, merge_form, reads
 from scaffold.plan.layers import (
     DIM_CODE,
     TORCH_CLASSES,
@@ -75,6 +75,21 @@ class WeightPlan:
     init_expr: str | None = None
     dtype: str = "float"  # "long": an index buffer
     persistent: bool = True  # a frozen buffer in the state dict (False: recomputed from the config on load)
+    shared: bool = False
+    # shared weights only (see `SharedWeightPlan`)
+    slice_code: str = ""  # the slice of the model's tensor a layer uses, e.g. `[:, : self.in_features]`
+
+
+@dataclass
+class SharedWeightPlan:
+    """A weight held once per adapter by the model (VeRA's `vera_A`/`vera_B`), sized for the largest targeted layer
+    and initialised from the config's PRNG key."""
+
+    name: str
+    attr: str
+    shape_code: list[str]  # in the model's `_find_shared_shapes`: one layer's need, from `in_features`/`out_features`
+    init_line: str  # initialises `shared` with `generator`
+    dims: tuple[str, ...] = ()  # the layer dims its shape reads
 
 
 @dataclass
@@ -82,12 +97,13 @@ class DeltaPlan:
     """`_canonical_delta`: the spec's `delta_weight`, computed in fp32 on CPU for half-precision weights."""
 
     bindings: list[tuple[str, str]]  # locals: (name, code)
-    value_bindings: list[tuple[str, str]]  # named tensors, bound after the fp32 casts, in the weights' dtype
     dtype_of: str  # the weight whose dtype the delta takes
     fp32_names: list[str]  # weights cast to fp32 for half precision on CPU
     reads_weight: bool
     expression: str
     fp32_everywhere: bool = False  # torch.fft: no half-precision kernels on GPUs either
+    # named tensors, bound after the fp32 casts, in the weights' dtype
+    value_bindings: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -123,8 +139,34 @@ class ScalePlan:
     expression: str
 
 
+@dataclass
+class BiasPlan:
+    """`_delta_bias` (an additive bias update) or `_merged_bias`/`_unmerged_bias` (a scaled bias)."""
+
+    bindings: list[tuple[str, str]]
+    reads_weight: bool
+    expression: str
+
+
+@dataclass
+class SelectorPlan:
+    """A `modules` hyperparameter: the modules whose layers get `flag` = True (matched like PEFT's
+    `feedforward_modules`: regex fullmatch for a str, name suffix for a list)."""
+
+    name: str
+    flag: str
+
+
 ForwardKind = Literal[
-    "spec", "factored", "dense", "output_scale", "input_scale", "input_matrix", "conv_matrix", "output_matrix"
+    "spec",
+    "factored",
+    "dense",
+    "output_scale",
+    "input_scale",
+    "bias_only",
+    "input_matrix",
+    "conv_matrix",
+    "output_matrix",
 ]
 
 _FORWARD_SUMMARIES: dict[str, str] = {
@@ -133,6 +175,7 @@ _FORWARD_SUMMARIES: dict[str, str] = {
     "dense": "materialises ΔW (out_features × in_features) on every call: O(out × in) time and memory",
     "output_scale": "scales the output by the merge's vector (adapters chain as their merges do)",
     "input_scale": "scales the input by the merge's vector (adapters chain as their merges do)",
+    "bias_only": "adds delta_bias to the output (the weight is left alone)",
     "input_matrix": "multiplies the input by the merge's matrix (adapters chain as their merges do)",
     "conv_matrix": "convolves with the weight multiplied by the merge's matrix: O(out × in × (in or out)) per call",
     "output_matrix": "multiplies the output by the merge's matrix (adapters chain as their merges do)",
@@ -152,10 +195,15 @@ class LayerClassPlan:
     x_in: str  # the adapter's input: `dropout(x)` or `x`
     uses_layer_op: bool
     reads_base: bool = False  # spec forward that uses `base`: its value is the output
+    # the forward broadcasts a per-channel vector over the output (`family.channel_view`), which differs by conv dim
+    uses_channel_view: bool = False
+    selected: bool = False  # the merge chooses input or output scaling per adapter (a condition)
 
     @property
     def forward_summary(self) -> str:
         summary = _FORWARD_SUMMARIES[self.forward]
+        if self.selected:
+            summary = "scales the input or the output by the merge's vector, as each adapter's condition selects"
         if self.forward == "factored" and self.family.kind == "conv":
             summary += " (a grouped convolution, groups > 1, materialises ΔW)"
         return summary
@@ -163,7 +211,8 @@ class LayerClassPlan:
     @property
     def forward_key(self) -> tuple[object, ...]:
         """What decides the emitted `_adapter_forward`: classes with equal keys share one implementation."""
-        return (self.forward, tuple(self.bindings), self.expression, self.x_in, self.reads_base)
+        key = (self.forward, tuple(self.bindings), self.expression, self.x_in, self.reads_base)
+        return (*key, self.family.channel_view) if self.uses_channel_view else key
 
 
 @dataclass
@@ -193,10 +242,19 @@ class MethodPlan:
     matrix: ScalePlan | None = None  # a matrix merge's square matrix (input or output side)
     values: list[ValuePlan] = field(default_factory=list)  # getters of the named tensors expressions read
     caches_base_weight: bool = False  # deltas read `weight`: keep the pre-merge weight while adapters are merged
+    selectors: list[SelectorPlan] = field(default_factory=list)  # `modules` hyperparameters and their flags
+    # selected composition: when an adapter scales the input, in `_scales_input` and in `update_layer`
+    input_condition: str | None = None
+    input_condition_update: str | None = None
+    input_flags: list[str] = field(default_factory=list)  # the flags that condition reads
+    scales_bias: bool = False  # `merge_bias` scales the bias with the output (the forward scales the whole output)
+    delta_bias: BiasPlan | None = None  # an additive bias update
     imports_math: bool = False
     imports_functional: bool = False
     uses_buffers: bool = False
     computed_reads_weight: bool = False  # an init expression reads `weight`: update_layer binds it
+    shared_weights: list[SharedWeightPlan] = field(default_factory=list)
+    shared_imports_math: bool = False  # the model's shared-weight init uses `math`
 
     @property
     def computed_weights(self) -> list[WeightPlan]:
@@ -242,9 +300,17 @@ class MethodPlan:
         return branches
 
     @property
+    def shared_dims_unpacking(self) -> str:
+        """`in_features, out_features` for the model's `_find_shared_shapes`, `_` for a dim no shared shape reads."""
+        used = {d for w in self.shared_weights for d in w.dims}
+        return ", ".join(d if d in used else "_" for d in UNIVERSAL_DIMS)
+
+    @property
     def first_weight(self) -> WeightPlan:
-        """The first float weight: its dtype is the adapter's (index buffers are integers)."""
-        return next(w for w in self.weights if w.dtype == "float")
+        """The weight whose per-layer dict says which adapters a layer has, and whose dtype is the adapter's: the
+        first float weight that is not shared (index buffers are integers; the model's shared tensors hold every
+        adapter)."""
+        return next(w for w in self.weights if w.dtype == "float" and not w.shared)
 
     @property
     def mapping_constant(self) -> str:
@@ -270,7 +336,10 @@ class _Planner:
         self.imports_math = False
         self.imports_functional = False
         self.merge_form = MergeForm("additive")
+        # `modules` hyperparameters' per-layer booleans: flag -> hyperparameter
+        self.flags = {hp.flag: name for name, hp in self.hp.items() if hp.flag is not None}
         self.computed_reads_weight = False
+        self.slices: dict[str, str] = {}  # shared weight -> the slice a layer takes (bindings read it)
 
     def fail(self, where: str, reason: str) -> ScaffoldError:
         return ScaffoldError(f"{self.source}: {where}", reason)
@@ -296,22 +365,31 @@ class _Planner:
         derived = list(self.spec.derived)
         if derived_upto is not None:
             derived = derived[:derived_upto]
-        return set(self.hp) | set(derived) | self.dims
+        return self.value_hps() | set(derived) | self.dims | set(self.flags)
+
+    def value_hps(self) -> set[str]:
+        """Hyperparameters expressions may read (a `modules` selector is read through its flag)."""
+        return {n for n, hp in self.hp.items() if hp.type != "modules"}
 
     def tensor_names(self, values_upto: int | None = None) -> set[str]:
-        names = (set(self.hp) - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
-        return names | {"weight"} | set(list(self.spec.values)[:values_upto])
+        names = (self.value_hps() - {self.spec.dropout}) | set(self.spec.derived) | set(self.spec.weights) | self.dims
+        return names | {"weight"} | set(self.flags) | set(list(self.spec.values)[:values_upto])
 
     # -- build ----------------------------------------------------------------------------------------------
     def build(self) -> MethodPlan:
         spec = self.spec
         class_name = spec.class_name
         self.check_dropout()
+        self.check_shared()
         hyperparameters = [self.hyperparameter(n, h) for n, h in self.hp.items()]
         derived_exprs = self.derived()
         weights_exprs = {n: self.weight_shape(n, w) for n, w in spec.weights.items()}
         self.values = self.parse_values()
-        delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names())
+        for n, w in spec.weights.items():
+            if w.shared:
+                self.slices[n] = self.shared_slice(weights_exprs[n])
+        # None: a method that only updates the bias (`delta_bias`), whose weight update is zero
+        delta = self.parse("delta_weight", spec.delta_weight, self.tensor_names()) if spec.delta_weight else None
         merge = unmerge = None
         if spec.merge is not None and spec.unmerge is not None:
             merge = self.parse("merge", spec.merge, self.tensor_names() | {"delta_weight"})
@@ -326,28 +404,37 @@ class _Planner:
         self.delta = delta
         forwards = self.forwards()
         self.check_composition(forwards)
+        scales_bias = self.check_merge_bias()
+        delta_bias = self.delta_bias_expr(forwards)
 
-        for expr in [delta, merge, unmerge, *forwards.values(), *self.values.values()]:
+        for expr in [delta, merge, unmerge, delta_bias, *forwards.values(), *self.values.values()]:
             if expr is not None:
                 self.mark_stored(expr)
         weights = [self.weight(n, w, weights_exprs[n]) for n, w in spec.weights.items()]
+        shared_weights = [self.shared_weight(n, w, weights_exprs[n]) for n, w in spec.weights.items() if w.shared]
 
         derived = [
             (name, render(expr, self.update_layer_names(), _SCALAR_MATH)) for name, expr in derived_exprs.items()
         ]
         families = families_for(list(spec.layers))
         layer_classes = [self.layer_class(f, forwards.get(f.class_name)) for f in families]
-        scale = self.merge_form.scale
-        matrix_form = self.merge_form.composition in ("input_matrix", "output_matrix")
+        form = self.merge_form
+        scale = form.selected_scale() if form.composition == "selected" else form.scale
+        matrix_form = form.composition in ("input_matrix", "output_matrix")
         if matrix_form:
             # the merge multiplies the weight being merged: only a matrix that reads `weight` needs the copy
             reads_weight = scale is not None and "weight" in self.closure(_names_in(scale))
         else:
-            reads_weight = "weight" in self.closure(delta.names) or (scale is not None and reads(scale, "weight"))
+            reads_weight = (delta is not None and "weight" in self.closure(delta.names)) or (
+                scale is not None and reads(scale, "weight")
+            )
+        bias_plan = self.delta_bias_plan(delta_bias) if delta_bias is not None else None
+        reads_weight = reads_weight or (bias_plan is not None and bias_plan.reads_weight)
+        condition = form.input_condition() if form.composition == "selected" else None
         # a buffer computed from the base weight, for an adapter added while others are merged, reads the weight
         # as it was before any merge too
         reads_weight = reads_weight or self.computed_reads_weight
-        exposed = [delta, merge, unmerge, *forwards.values()]
+        exposed = [delta, merge, unmerge, delta_bias, *forwards.values()]
         if scale is not None:
             exposed.append(Expression(ast.unparse(scale), scale, frozenset(_names_in(scale))))
         return MethodPlan(
@@ -377,13 +464,64 @@ class _Planner:
                 lc.uses_layer_op or lc.forward in ("factored", "input_matrix", "output_matrix") for lc in layer_classes
             ),
             uses_buffers=any(not w.trainable for w in weights),
+            shared_weights=shared_weights,
+            shared_imports_math=any("math." in s.init_line for s in shared_weights),
             composition=self.merge_form.composition,
             scale=self.scale_plan(scale) if scale is not None and not matrix_form else None,
             matrix=self.scale_plan(scale) if scale is not None and matrix_form else None,
             values=self.value_plans(exposed),
             caches_base_weight=reads_weight,
+            selectors=[SelectorPlan(name, flag) for flag, name in self.flags.items()],
+            input_condition=self.condition_code(condition, self.stored_names()) if condition else None,
+            input_condition_update=self.condition_code(condition, self.update_layer_names()) if condition else None,
+            input_flags=sorted(_names_in(condition) & set(self.flags)) if condition else [],
+            scales_bias=scales_bias,
+            delta_bias=bias_plan,
             computed_reads_weight=self.computed_reads_weight,
         )
+
+    def condition_code(self, condition: ast.expr, mapping: dict[str, str]) -> str:
+        expr = Expression(source=ast.unparse(condition), tree=condition, names=frozenset(_names_in(condition)))
+        return render(expr, mapping, _SCALAR_MATH)
+
+    def check_merge_bias(self) -> bool:
+        """Whether `merge_bias` scales the bias (checked against `merge`)."""
+        spec = self.spec
+        if spec.merge_bias is None or spec.unmerge_bias is None:
+            return False
+        names = self.tensor_names() | {"bias"}
+        merge_bias = self.parse("merge_bias", spec.merge_bias, names)
+        unmerge_bias = self.parse("unmerge_bias", spec.unmerge_bias, names)
+        try:
+            return bias_scaling(merge_bias.tree, unmerge_bias.tree, self.merge_form)
+        except CompositionError as exc:
+            raise self.fail(exc.field, str(exc)) from None
+
+    def delta_bias_expr(self, forwards: dict[str, Expression]) -> Expression | None:
+        """`delta_bias`: an additive update of the base layer's bias (like LoRA's `lora_bias`)."""
+        if self.spec.delta_bias is None:
+            return None
+        expr = self.parse("delta_bias", self.spec.delta_bias, self.tensor_names())
+        if self.merge_form.composition != "additive":
+            raise self.fail("delta_bias", "adds to the bias, so it needs the additive merge (`weight + delta_weight`)")
+        if "Embedding" in self.spec.layers:
+            raise self.fail("delta_bias", "an Embedding has no bias to update: remove Embedding from `layers`")
+        if self.delta is None and forwards:
+            raise self.fail(
+                f"forward.{next(iter(forwards))}",
+                "a method without `delta_weight` adds `delta_bias`: remove the entry",
+            )
+        for key, forward in forwards.items():
+            if "base" in forward.names:
+                raise self.fail(
+                    f"forward.{key}",
+                    "reads `base`, which would include `delta_bias`: write the forward as an addition",
+                )
+        return expr
+
+    def delta_bias_plan(self, expr: Expression) -> BiasPlan:
+        dims = {d: DIM_CODE[d] for d in self.dims}
+        return BiasPlan(self.bindings(set(expr.names)), "weight" in expr.names, render(expr, dims))
 
     def check_composition(self, forwards: dict[str, Expression]) -> None:
         """With a scaling `merge`, the forward is derived from it (so that several active adapters give what
@@ -428,6 +566,10 @@ class _Planner:
             raise self.fail("dropout", f"hyperparameter `{name}` must be a float, not {self.hp[name].type}")
 
     def hyperparameter(self, name: str, hp: Hyperparameter) -> HyperparameterPlan:
+        if hp.type == "modules":
+            # typed like PEFT's `target_modules` / IA3's `feedforward_modules`
+            help_text = hp.help or f"The modules whose layers get `{hp.flag}` set"
+            return HyperparameterPlan(name, "Optional[Union[list[str], set[str], str]]", "None", help_text, [], hp)
         if hp.type == "list":
             annotation = f"Optional[list[{hp.item}]]"
         else:
@@ -528,13 +670,14 @@ class _Planner:
 
     def mark_stored(self, expr: Expression) -> None:
         for name in sorted(expr.names):
-            if name in self.hp or name in self.spec.derived:
+            if name in self.hp or name in self.spec.derived or name in self.flags:
                 self.stored.setdefault(name, None)
 
     # -- rendering helpers ----------------------------------------------------------------------------------
     def update_layer_names(self) -> dict[str, str]:
         """How spec names read inside `update_layer` (config values, derived locals, dims)."""
         mapping = {n: f"config.{n}" for n in self.hp}
+        mapping.update({flag: flag for flag in self.flags})  # update_layer's own arguments
         mapping.update({d: DIM_CODE[d] for d in self.dims})
         mapping.update(_SCALAR_CONST)
         return mapping
@@ -547,6 +690,8 @@ class _Planner:
         return mapping
 
     def scalar_plan(self, name: str) -> ScalarPlan:
+        if name in self.flags:
+            return ScalarPlan(name, f"{self.prefix}{name}", "bool", name)
         if name in self.hp:
             hp = self.hp[name]
             annotation = f"list[{hp.item}]" if hp.type == "list" else _PY_TYPES[hp.type]
@@ -574,7 +719,7 @@ class _Planner:
         if any(x.calls & set(_SCALAR_MATH) for x in shape):
             self.imports_math = True
         ndim = len(weight.shape)
-        attr = f"{self.prefix}{name}"
+        attr = self.attr(name)
         target = f"self.{attr}[adapter_name]"
         if isinstance(weight.init, InitExpr):
             return WeightPlan(
@@ -591,15 +736,24 @@ class _Planner:
                 persistent=weight.persistent,
             )
         random_init = weight.random_init or ("kaiming_uniform" if ndim >= 2 else "normal")
+        if weight.shared:
+            # initialised once by the model (see `shared_weight`), whatever `init_weights` says
+            init_lines: list[str] = []
+            random_init_lines: list[str] = []
+        else:
+            init_lines = self.init_lines(f"weights.{name}.init", weight.init, target, ndim)
+            random_init_lines = self.init_lines(f"weights.{name}.random_init", random_init, target, ndim)
         return WeightPlan(
             name=name,
             attr=attr,
             shape_code=shape_code,
-            init_lines=self.init_lines(f"weights.{name}.init", weight.init, target, ndim),
-            random_init_lines=self.init_lines(f"weights.{name}.random_init", random_init, target, ndim),
+            init_lines=init_lines,
+            random_init_lines=random_init_lines,
             init_by_class=self.init_overrides(name, weight, target, ndim),
-            trainable=weight.trainable,
+            trainable=weight.trainable and not weight.shared,
             ndim=ndim,
+            shared=weight.shared,
+            slice_code=self.slices.get(name, ""),
         )
 
     def init_expr(self, name: str, text: str) -> str:
@@ -642,7 +796,87 @@ class _Planner:
             overrides[family.class_name] = self.init_lines(where, init, target, ndim)
         return overrides
 
-    def init_lines(self, where: str, init: Any, target: str, ndim: int) -> list[str]:
+    # -- shared weights --------------------------------------------------------------------------------------------
+    def check_shared(self) -> None:
+        """Shared weights: what the generated model can size, slice and initialise once per adapter."""
+        shared = [n for n, w in self.spec.weights.items() if w.shared]
+        if not shared:
+            return
+        if len(shared) == len(self.spec.weights):
+            raise self.fail(
+                f"weights.{shared[0]}.shared",
+                "at least one weight must be per layer (not shared): it holds the layer's adapters",
+            )
+        for name in SHARED_CONFIG_FIELDS:
+            if name in self.hp:
+                raise self.fail(
+                    f"hyperparameters.{name}", f"`{name}` is a field the generated config adds for shared weights"
+                )
+        allowed = set(self.hp) | set(UNIVERSAL_DIMS)
+        for name in shared:
+            if self.prefix in f"shared_{name}":
+                raise self.fail(
+                    f"weights.{name}.shared",
+                    f"its attribute `shared_{name}` contains the method's prefix `{self.prefix}`, which PEFT would read "
+                    "as a per-layer weight; rename the weight or the method",
+                )
+            for index, entry in enumerate(self.spec.weights[name].shape):
+                where = f"weights.{name}.shape[{index}]"
+                expr = self.parse(where, entry, self.scalar_names(), tensor=False)
+                other = sorted(expr.names - allowed)
+                if other:
+                    raise self.fail(
+                        where,
+                        f"a shared weight's shape may use hyperparameters, in_features and out_features only, not "
+                        f"{', '.join(other)} (the model sizes it before any layer exists)",
+                    )
+
+    def shared_slice(self, shape: list[Expression]) -> str:
+        """`[...]` taking one layer's part of a shared tensor: entries that read the layer's dims are cut to them
+        (`[:, : self.in_features]`), the others are whole (they are the same for every layer of an adapter)."""
+        entries = []
+        for expr in shape:
+            if expr.names & set(UNIVERSAL_DIMS):
+                self.mark_stored(expr)
+                entries.append(f":{_int_code(render(expr, self.stored_names(), _SCALAR_MATH), expr, self.hp)}")
+            else:
+                entries.append(":")
+        while entries and entries[-1] == ":":
+            entries.pop()
+        return f"[{', '.join(entries)}]" if entries else ""
+
+    def shared_weight(self, name: str, weight: Weight, shape: list[Expression]) -> SharedWeightPlan:
+        mapping = {n: f"config.{n}" for n in self.hp}
+        mapping.update({d: d for d in UNIVERSAL_DIMS})
+        mapping.update(_SCALAR_CONST)
+        shape_code = [_int_code(render(expr, mapping, _SCALAR_MATH), expr, self.hp) for expr in shape]
+        where = f"weights.{name}.init"
+        assert not isinstance(weight.init, InitExpr)  # refused for shared weights by the spec model
+        call = weight.init if isinstance(weight.init, InitCall) else InitCall(name=weight.init)
+        imports_math = self.imports_math  # the line goes to the model, not the layer
+        line = self.init_lines(where, call, "shared", len(weight.shape), names=set(self.hp), mapping=mapping)[0]
+        self.imports_math = imports_math
+        if call.name not in ("zeros", "ones", "constant"):
+            line = line[:-1] + ", generator=generator)"
+        dims = tuple(d for d in UNIVERSAL_DIMS if any(d in expr.names for expr in shape))
+        return SharedWeightPlan(name=name, attr=self.attr(name), shape_code=shape_code, init_line=line, dims=dims)
+
+    def attr(self, name: str) -> str:
+        """The attribute holding a weight: `<prefix><name>`; a shared one `shared_<name>`, outside the method's prefix
+        (like VeRA's `vera_A` outside `vera_lambda_`), so that PEFT does not take the layers' references to the model's
+        tensor for per-layer weights (missing from a checkpoint, which holds the tensor once)."""
+        return f"shared_{name}" if self.spec.weights[name].shared else f"{self.prefix}{name}"
+
+    def init_lines(
+        self,
+        where: str,
+        init: Any,
+        target: str,
+        ndim: int,
+        names: set[str] | None = None,
+        mapping: dict[str, str] | None = None,
+    ) -> list[str]:
+        """`names`/`mapping`: what the arguments may read and how (default: scalars stored on the layer)."""
         call = init if isinstance(init, InitCall) else InitCall(name=init)
         if call.name in _NEEDS_2D and ndim < 2:
             raise self.fail(where, f"`{call.name}` needs a weight with at least 2 dims (this one has {ndim})")
@@ -667,10 +901,13 @@ class _Planner:
         args = []
         for key in allowed:
             if key in given:
-                expr = self.parse(f"{where}.{key}", given[key], self.scalar_names(), tensor=False)
-                self.mark_stored(expr)
+                expr = self.parse(
+                    f"{where}.{key}", given[key], self.scalar_names() if names is None else names, tensor=False
+                )
+                if mapping is None:
+                    self.mark_stored(expr)
                 keyword = "val" if key == "value" else key  # torch's nn.init.constant_(tensor, val)
-                args.append(f"{keyword}={render(expr, self.stored_names(), _SCALAR_MATH)}")
+                args.append(f"{keyword}={render(expr, mapping or self.stored_names(), _SCALAR_MATH)}")
         if call.name == "kaiming_uniform" and "a" not in given:
             # nn.Linear's own default, so an adapter factor is initialised like the layer it mirrors
             args.append("a=math.sqrt(5)")
@@ -679,13 +916,27 @@ class _Planner:
 
     def bindings(self, names: set[str], value_cast: str = "") -> list[tuple[str, str]]:
         """Locals for the weights, stored scalars and values among `names`: (name, code reading this adapter's
-        value); values are cast with `value_cast` (e.g. `.to(x.dtype)`)."""
-        bound = [(n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in names]
+        value; values cast with `value_cast`, e.g. `.to(x.dtype)`); a shared weight reads the slice this layer
+        needs."""
+        bound = [
+            (
+                n,
+                f"self.{self.attr(n) if n in self.spec.weights else self.prefix + n}[adapter_name]{self.slices.get(n, '')}",
+            )
+            for n in [*self.spec.weights, *self.stored]
+            if n in names
+        ]
         return bound + [(n, f"self._get_{n}(adapter_name){value_cast}") for n in self.values if n in names]
 
-    def delta_plan(self, delta: Expression) -> DeltaPlan:
+    def delta_plan(self, delta: Expression | None) -> DeltaPlan:
         floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
+        if delta is None:
+            # `_canonical_delta` returns zeros of the weight's shape
+            return DeltaPlan([], floats[0], [], False, "")
         used_weights = [n for n in floats if n in delta.names] or floats[:1]
+        # the dtype comes from a per-layer weight where there is one (a shared tensor is cast by whichever layer
+        # moved it last)
+        used_weights.sort(key=lambda n: self.spec.weights[n].shared)
         dims = {d: DIM_CODE[d] for d in self.dims}
         names = set(delta.names) - set(self.values)
         return DeltaPlan(
@@ -711,6 +962,13 @@ class _Planner:
             matrix = f"{matrix}.to(weight.dtype)"
             code = f"weight @ {matrix}" if form.composition == "input_matrix" else f"{matrix} @ weight"
             return MergePlan([], [], False, code)
+        if self.merge_form.composition == "selected":
+            condition = self.merge_form.input_condition()
+            scale = [("scale", "self._scale(adapter_name).to(orig_weight.dtype)")]
+            if condition is None:
+                return MergePlan(scale, [], False, f"weight {op} scale[:, None]")
+            indexed = "(scale[None, :] if self._scales_input(adapter_name) else scale[:, None])"
+            return MergePlan(scale, [], False, f"weight {op} {indexed}")
         if self.merge_form.composition != "additive":
             # the merge's vector is computed by `_scale`, which the forward uses too
             index = "[:, None]" if self.merge_form.composition == "output" else "[None, :]"
@@ -737,6 +995,11 @@ class _Planner:
         return ranks
 
     def layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
+        plan = self._layer_class(family, forward)
+        plan.uses_channel_view = plan.forward == "output_scale" or self.spec.delta_bias is not None
+        return plan
+
+    def _layer_class(self, family: LayerFamily, forward: Expression | None) -> LayerClassPlan:
         dims = {d: DIM_CODE[d] for d in self.dims}
         torch_classes, base_types = self.torch_classes(family), self.base_types(family)
         # dropout on an embedding's integer indices makes no sense (PEFT's LoRA skips it there too)
@@ -751,9 +1014,14 @@ class _Planner:
             if family.kind == "conv":
                 matrix_kind = "conv_matrix"
             return LayerClassPlan(family, torch_classes, base_types, matrix_kind, [], "", "x", False)
+        if composition == "selected":
+            # input-scaling adapters are applied by the shared forward; the class scales the output
+            return LayerClassPlan(family, torch_classes, base_types, "output_scale", [], "", "x", False, selected=True)
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
+        if self.delta is None:
+            return LayerClassPlan(family, torch_classes, base_types, "bias_only", [], "", "x", False)
         if forward is not None:
             names = set(forward.names)
             bindings = self.bindings(names, ".to(x.dtype)")
@@ -839,6 +1107,17 @@ def _may_alias(node: ast.expr) -> bool:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _VIEWS:
         return _may_alias(node.func.value)
     return False
+
+
+SHARED_CONFIG_FIELDS = ("projection_prng_key", "save_projection")
+
+
+def _int_code(code: str, expr: Expression, hp: dict[str, Hyperparameter]) -> str:
+    """`code` as an int: bare names of dims and int hyperparameters already are."""
+    simple = isinstance(expr.tree, (ast.Name, ast.Constant)) and all(
+        n in UNIVERSAL_DIMS or n in hp and hp[n].type == "int" for n in expr.names
+    )
+    return code if simple else f"int({code})"
 
 
 def _num(value: float, type_: str) -> str:

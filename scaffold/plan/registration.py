@@ -31,6 +31,9 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
             # PEFT's matrix expects identity init here (test_disable_adapters compares with the base model);
             # non-trivial adapters are exercised by the multi-adapter cases below, as PEFT does.
             cases.append((f"Vanilla {label} {title}", model_id, dict(kwargs)))
+            for selector in selectable(plan, layer_type):
+                # the same module selected: its layers get the selector's flag (like PEFT's feedforward IA3 rows)
+                cases.append((f"Vanilla {label} {title} {selector}", model_id, {**kwargs, selector: list(targets)}))
     # the Linear rows' extra kwargs hold for every row on the MLP (a size that must fit the MLP's layers, say)
     mlp = plan.spec.peft_test_kwargs.get("Linear", {})
     if "Linear" in plan.spec.layers:
@@ -41,7 +44,19 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
                 {"target_modules": ["lin0"], "modules_to_save": ["lin1"], **mlp},
             )
         )
+        for selector in selectable(plan, "Linear"):
+            # a selector given as a regex (full match), as PEFT's feedforward_modules may be
+            cases.append(
+                (f"Vanilla MLP regex {title} {selector}", "MLP", {"target_modules": "lin0", selector: "lin0", **mlp})
+            )
+    if plan.shared_weights and {"Embedding", "Conv1D"} <= set(plan.spec.layers):
+        # shared weights are sized for the largest targeted layer (the MLP lin0+lin1 row above has two sizes):
+        # here two layer types of different sizes, (100 -> 5) and (5 -> 1), read one tensor
+        kwargs = {"target_modules": ["emb", "conv1d"], "fan_in_fan_out": True}
+        cases.append((f"Vanilla EmbConv1D emb+conv1d {title}", "EmbConv1D", kwargs))
     multi: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    # PEFT's VeRA has only the "Same" row: its second adapter reuses the first one's projections, too small for other
+    # layers. A generated method draws each adapter's shared weights for its own targets, so "Different" stays.
     if "Linear" in plan.spec.layers:
         multi.append(
             (
@@ -57,6 +72,14 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
                 {"target_modules": ["lin1"], "init_weights": False, **mlp},
             )
         )
+        for selector in selectable(plan, "Linear"):
+            multi.append(
+                (
+                    f"{title} {selector} Different",
+                    {"target_modules": ["lin0"], selector: ["lin0"], "init_weights": False, **mlp},
+                    {"target_modules": ["lin1"], "init_weights": False, **mlp},
+                )
+            )
     return MethodRegistration(
         name=plan.name,
         peft_type=plan.peft_type,
@@ -69,3 +92,10 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
         docs_title=title,
         docs_summary=plan.spec.summary,
     )
+
+
+def selectable(plan: MethodPlan, layer_type: str) -> list[str]:
+    """The `modules` hyperparameters whose flag a layer of this type accepts: a layer that would scale its input is
+    refused by the generated code unless it is a Linear or Conv1D."""
+    refused = set(plan.input_flags) if layer_type not in ("Linear", "Conv1D") else set()
+    return [selector.name for selector in plan.selectors if selector.flag not in refused]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 
 LayerType = Literal["Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
-HyperparameterType = Literal["int", "float", "bool", "str", "enum", "list"]
+HyperparameterType = Literal["int", "float", "bool", "str", "enum", "list", "modules"]
 InitName = Literal[
     "zeros",
     "ones",
@@ -47,7 +47,7 @@ RESERVED_NAMES = frozenset(
     {
         "x", "base", "weight", "torch", "F", "nn", "math", "self", "config", "adapter_name", "result", "layer_op",
         "in_features", "out_features", "num_embeddings", "embedding_dim", "in_channels", "out_channels",
-        "kernel_numel", "groups", "active_adapter", "kwargs", "args",
+        "kernel_numel", "groups", "active_adapter", "kwargs", "args", "bias",
     }
 )  # fmt: skip
 
@@ -106,6 +106,11 @@ class Hyperparameter(_Strict):
     choices: list[str] | None = Field(default=None, description="allowed values (enum)")
     item: Literal["int", "float", "str"] | None = Field(default=None, description="element type (list)")
     nullable: bool = Field(default=False, description="whether None is allowed (typed Optional[...])")
+    flag: str | None = Field(
+        default=None,
+        description="modules: the per-layer boolean, true on the layers the selector matches (like IA3's "
+        "`is_feedforward`), that expressions may read",
+    )
 
     @field_validator("help")
     @classmethod
@@ -139,6 +144,16 @@ class Hyperparameter(_Strict):
             raise FieldError("item", "`item` only applies to list")
         if self.type == "list" and self.item is None:
             raise FieldError("item", "a list needs `item` (int, float or str)")
+        if self.type == "modules":
+            # a module selector, typed like PEFT's `feedforward_modules`: None, a regex or a list of name suffixes
+            if self.flag is None:
+                raise FieldError("flag", "a `modules` selector needs `flag`: the name of its per-layer boolean")
+            if self.default is not None:
+                raise FieldError("default", "a `modules` selector defaults to None (it selects no module)")
+            check_names({self.flag: None})
+            return self
+        if self.flag is not None:
+            raise FieldError("flag", "`flag` only applies to a `modules` selector")
         _check_default(self)
         return self
 
@@ -230,7 +245,11 @@ class Weight(_Strict):
         description="identity init for specific layer types (e.g. LoRA's embeddings: A zeros, B normal)",
     )
     trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
-    shared: bool = Field(default=False, description="shared across layers (VeRA-style); reserved, not supported yet")
+    shared: bool = Field(
+        default=False,
+        description="one frozen tensor per adapter held by the model, sized for the largest targeted layer and "
+        "initialised from the config's `projection_prng_key`; each layer uses the slice its dims need (VeRA-style)",
+    )
     dtype: Literal["float", "long"] = Field(
         default="float", description="`long` for index buffers (frozen, computed by an init expression)"
     )
@@ -238,12 +257,29 @@ class Weight(_Strict):
         default=True, description="False: a frozen buffer left out of the state dict (recomputed from the config)"
     )
 
-    @field_validator("shared")
-    @classmethod
-    def _shared_not_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("weights shared across layers are not supported yet")
-        return value
+    @model_validator(mode="after")
+    def _check_shared(self) -> Weight:
+        if not self.shared:
+            return self
+        # a shared weight is a frozen random projection, as in VeRA: PEFT's per-layer gradient and state-dict
+        # handling of trainable tensors does not apply to a tensor the model holds once
+        if "trainable" in self.model_fields_set and self.trainable:
+            raise FieldError(
+                "trainable", "a shared weight is frozen (a random projection, as in VeRA); drop `trainable`"
+            )
+        if self.random_init is not None:
+            raise FieldError("random_init", "a shared weight is always initialised with `init` from the PRNG key")
+        if self.init_by_layer:
+            raise FieldError("init_by_layer", "a shared weight is one tensor for all layers; it has a single `init`")
+        if isinstance(self.init, InitExpr):
+            raise FieldError(
+                "init", "a shared weight is drawn from the PRNG key with an initialiser, not an expression"
+            )
+        if self.dtype != "float":
+            raise FieldError("dtype", "a shared weight is a float tensor drawn from the PRNG key")
+        if not self.persistent:
+            raise FieldError("persistent", "whether shared weights are saved is the config's `save_projection`")
+        return self
 
     @model_validator(mode="after")
     def _check_computed(self) -> Weight:
@@ -300,12 +336,23 @@ class MethodSpec(_Strict):
         description="named tensors computed once per call from the weights (in order, each may read earlier ones); "
         "delta_weight, forward, merge and unmerge may read them",
     )
-    delta_weight: str = Field(description="the update as an (out_features, in_features) tensor expression")
+    delta_weight: str | None = Field(
+        default=None,
+        description="the update as an (out_features, in_features) tensor expression; required unless `delta_bias` "
+        "is given (a method that only updates the bias)",
+    )
     forward: dict[LayerType, str] = Field(
         default_factory=dict, description="faster forward per layer type; default: base output + x through delta"
     )
     merge: str | None = Field(default=None, description="new weight from `weight` (default: weight + delta)")
     unmerge: str | None = Field(default=None, description="inverse of `merge` (default: weight - delta)")
+    merge_bias: str | None = Field(
+        default=None, description="new bias from `bias` with a scaling merge (`bias * v`; default: bias unchanged)"
+    )
+    unmerge_bias: str | None = Field(default=None, description="inverse of `merge_bias` (`bias / v`)")
+    delta_bias: str | None = Field(
+        default=None, description="an additive bias update, shape (out_features,): added in forward and on merge"
+    )
     layers: list[LayerType] = Field(default_factory=lambda: list[LayerType](["Linear"]), min_length=1)
     peft_test_kwargs: dict[LayerType, dict[str, Any]] = Field(
         default_factory=dict,
@@ -393,6 +440,12 @@ class MethodSpec(_Strict):
                 if name in seen:
                     raise FieldError(f"{section}.{name}", f"`{name}` is already a name in `{seen[name]}`")
                 seen[name] = section
+        for hp_name, hp in self.hyperparameters.items():
+            if hp.flag is not None:
+                if hp.flag in seen or hp.flag in CONFIG_FIELDS:
+                    where = f"hyperparameters.{hp_name}.flag"
+                    raise FieldError(where, f"`{hp.flag}` is already a name ({seen.get(hp.flag, 'reserved')})")
+                seen[hp.flag] = f"hyperparameters.{hp_name}.flag"
         for layer_type, kwargs in self.peft_test_kwargs.items():
             unknown = set(kwargs) - set(self.hyperparameters)
             if unknown:
@@ -415,6 +468,16 @@ class MethodSpec(_Strict):
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
+        if self.delta_weight is None:
+            if self.delta_bias is None:
+                raise FieldError(
+                    "delta_weight", "is required (a method that only updates the bias gives `delta_bias`)"
+                )
+            if self.merge is not None:
+                raise FieldError("merge", "a method without `delta_weight` leaves the weight alone: remove it")
+        if (self.merge_bias is None) != (self.unmerge_bias is None):
+            missing = "unmerge_bias" if self.unmerge_bias is None else "merge_bias"
+            raise FieldError(missing, "`merge_bias` and `unmerge_bias` must be given together")
         return self
 
     @property

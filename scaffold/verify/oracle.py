@@ -59,7 +59,7 @@ _DESCRIPTIVE_FIELDS = frozenset(
 _MATH_FIELDS = frozenset(
     {
         "hyperparameters", "derived", "dropout", "weights", "values", "delta_weight", "forward", "merge", "unmerge",
-        "layers",
+        "layers", "merge_bias", "unmerge_bias", "delta_bias",
     }
 )  # fmt: skip
 KNOWN_SPEC_FIELDS = _DESCRIPTIVE_FIELDS | _MATH_FIELDS
@@ -178,14 +178,19 @@ class BaseLayer:
         kernel = matrix.reshape(matrix.shape[0], -1, *self.kernel_size)
         return conv(x.to(matrix.dtype), kernel, None, self.stride, self.padding, self.dilation, self.groups)
 
-    def output(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """The layer's output with the canonical weight `matrix` (bias included)."""
+    def output(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output with the canonical weight `matrix` (bias included: its own, or `bias`)."""
         result = self.apply(x, matrix)
-        if self.bias is None:
+        bias = self.bias if bias is None else bias
+        if bias is None:
             return result
+        return self.add_per_channel(result, bias)
+
+    def add_per_channel(self, result: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """`result` plus a vector of out_features, broadcast like a bias."""
         if self.layer_type.startswith("Conv") and self.layer_type != "Conv1D":
-            return result + self.bias.reshape(-1, *([1] * (result.dim() - 2)))
-        return result + self.bias
+            return result + vector.reshape(-1, *([1] * (result.dim() - 2)))
+        return result + vector
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -380,10 +385,13 @@ def evaluate_scalar(expr: Expression, env: Mapping[str, Any]) -> Any:
 
 @dataclass
 class Adapter:
-    """One adapter's values: hyperparameters (as in its config) and weights (by spec name, spec shapes)."""
+    """One adapter's values: hyperparameters (as in its config) and weights (by spec name, spec shapes; a shared
+    weight may be the model's whole tensor, larger than one layer's shape)."""
 
     hyperparameters: Mapping[str, Any]
     weights: Mapping[str, torch.Tensor]
+    # the per-layer booleans of `modules` hyperparameters (`flag`), for this adapter on this layer; default False
+    flags: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -398,20 +406,30 @@ class Oracle:
         if unknown:
             raise OracleUnsupported(f"spec field(s) unknown to the oracle: {', '.join(unknown)}")
         spec = self.spec
-        names = set(spec.hyperparameters) | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
+        self._flags = [hp.flag for hp in spec.hyperparameters.values() if hp.flag is not None]
+        values = {n for n, hp in spec.hyperparameters.items() if hp.type != "modules"} | set(self._flags)
+        names = values | set(spec.derived) | set(spec.weights) | set(_ALL_DIMS) | {"weight"}
         for name, item in spec.values.items():  # named tensors, in order: each may read the earlier ones
             self._exprs[f"values.{name}"] = parse_expression(tensor_value(item).expr, names=names)
             names.add(name)
         tensor_names = names | {"x", "base", "delta_weight"}
         functions = {"dropout", "layer_op"}
-        self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
+        if spec.delta_weight is not None:  # None: the method only updates the bias (a zero weight update)
+            self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
         if spec.merge is not None:
             self._exprs["merge"] = parse_expression(spec.merge, names=names | {"delta_weight"})
         if spec.unmerge is not None:
             self._exprs["unmerge"] = parse_expression(spec.unmerge, names=names | {"delta_weight"})
         for key, text in spec.forward.items():
             self._exprs[f"forward.{key}"] = parse_expression(text, names=tensor_names, functions=functions)
-        scalar_names = set(spec.hyperparameters) | set(_ALL_DIMS)
+        for field_name, bias_source in (
+            ("merge_bias", spec.merge_bias),
+            ("unmerge_bias", spec.unmerge_bias),
+            ("delta_bias", spec.delta_bias),
+        ):
+            if bias_source is not None:
+                self._exprs[field_name] = parse_expression(bias_source, names=names | {"bias"})
+        scalar_names = values | set(_ALL_DIMS)
         for name, source in spec.derived.items():
             self._exprs[f"derived.{name}"] = parse_expression(source, names=scalar_names, tensor=False)
             scalar_names.add(name)
@@ -420,6 +438,9 @@ class Oracle:
                 self._exprs[f"init.{name}"] = parse_expression(
                     weight.init.expr, names=scalar_names | {"weight"}, functions={"randperm"}
                 )
+            if weight.shared:  # one tensor for every layer, of which a layer reads the part its shape names
+                for index, entry in enumerate(weight.shape):
+                    self._exprs[f"shape.{name}.{index}"] = parse_expression(entry, names=scalar_names, tensor=False)
 
     # -- names ----------------------------------------------------------------------------------------------------
     def _env(self, layer: BaseLayer, adapter: Adapter) -> dict[str, Any]:
@@ -427,7 +448,10 @@ class Oracle:
         spec = self.spec
         env: dict[str, Any] = dict(layer.dims())
         for name, hp in spec.hyperparameters.items():
-            env[name] = adapter.hyperparameters.get(name, hp.default)
+            if hp.type != "modules":  # a selector is read through its flag
+                env[name] = adapter.hyperparameters.get(name, hp.default)
+        for flag in self._flags:
+            env[flag] = bool(adapter.flags.get(flag, False))
         for name in spec.derived:
             env[name] = evaluate_scalar(self._exprs[f"derived.{name}"], env)
         env["weight"] = layer.canonical_weight
@@ -444,6 +468,15 @@ class Oracle:
             raise OracleUnsupported(f"no value for weight(s) {', '.join(sorted(missing))}")
         for name, weight in spec.weights.items():
             value = computed[name] if name in computed else adapter.weights[name].detach()
+            if weight.shared:
+                # the model's tensor is sized for the largest layer: this layer reads the leading block its own
+                # shape (evaluated at its dims) covers
+                shape = [int(evaluate_scalar(self._exprs[f"shape.{name}.{i}"], env)) for i in range(len(weight.shape))]
+                if any(n > size for n, size in zip(shape, value.shape)):
+                    raise ValueError(
+                        f"shared weight {name}: {tuple(value.shape)} is smaller than this layer's {shape}"
+                    )
+                value = value[tuple(slice(0, n) for n in shape)]
             env[name] = value.double() if weight.dtype == "float" else value
         for name in spec.values:
             env[name] = evaluate(self._exprs[f"values.{name}"], env)
@@ -457,7 +490,12 @@ class Oracle:
     # -- the quantities -------------------------------------------------------------------------------------------
     def delta(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:
         """The canonical (out_features, in_features) update."""
-        return evaluate(self._exprs["delta_weight"], self._env(layer, adapter))
+        return self._delta(self._env(layer, adapter), layer)
+
+    def _delta(self, env: Mapping[str, Any], layer: BaseLayer) -> torch.Tensor:
+        if "delta_weight" not in self._exprs:
+            return torch.zeros_like(layer.canonical_weight)
+        return evaluate(self._exprs["delta_weight"], env)
 
     def delta_weight(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:
         """The update in the base layer's own weight layout (what `get_delta_weight` returns)."""
@@ -465,7 +503,7 @@ class Oracle:
 
     def _merge_step(self, which: str, layer: BaseLayer, current: torch.Tensor, adapter: Adapter) -> torch.Tensor:
         env = self._env(layer, adapter)
-        delta = evaluate(self._exprs["delta_weight"], env)
+        delta = self._delta(env, layer)
         if which not in self._exprs:
             return current + delta if which == "merge" else current - delta
         # `weight` is the weight merged so far; the values were computed from the unmerged one (they belong to the
@@ -489,19 +527,47 @@ class Oracle:
             current = self._merge_step("unmerge", layer, current, adapter)
         return layer.from_canonical(current)
 
+    # -- the bias ---------------------------------------------------------------------------------------------------
+    def _bias_step(self, which: str, layer: BaseLayer, current: torch.Tensor, adapter: Adapter) -> torch.Tensor:
+        env = {**self._env(layer, adapter), "bias": current}
+        if "delta_bias" in self._exprs:
+            delta = evaluate(self._exprs["delta_bias"], env)
+            return current + delta if which == "merge" else current - delta
+        if f"{which}_bias" in self._exprs:
+            return evaluate(self._exprs[f"{which}_bias"], env)
+        return current
+
+    def merged_bias(self, layer: BaseLayer, adapters: Sequence[Adapter]) -> torch.Tensor | None:
+        """The base bias after merging `adapters` in order (None: the layer has none)."""
+        if layer.bias is None:
+            return None
+        current = layer.bias
+        for adapter in adapters:
+            current = self._bias_step("merge", layer, current, adapter)
+        return current
+
+    def unmerged_bias(self, layer: BaseLayer, merged: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
+        current = merged.detach().double()
+        for adapter in reversed(adapters):
+            current = self._bias_step("unmerge", layer, current, adapter)
+        return current
+
     def forward(self, layer: BaseLayer, x: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
         """The adapted layer's output with `adapters` active (evaluation mode)."""
         x = x.detach()
         if x.is_floating_point():
             x = x.double()
-        if len(adapters) > 1 and self.spec.merge is not None:
-            # non-additive: several active adapters compute what the layer with all of them merged computes
-            return layer.output(x, self.merged_canonical(layer, adapters))
+        if self.spec.merge is not None and (len(adapters) > 1 or "merge_bias" in self._exprs):
+            # non-additive: the active adapters compute what the layer with all of them merged computes (its bias
+            # merged too)
+            return layer.output(x, self.merged_canonical(layer, adapters), self.merged_bias(layer, adapters))
         result = layer.output(x, layer.canonical_weight)
         key = f"forward.{FORWARD_KEY[layer.layer_type]}"
         for adapter in adapters:
             env = self._env(layer, adapter)
-            delta = evaluate(self._exprs["delta_weight"], env)
+            delta = self._delta(env, layer)
+            if "delta_bias" in self._exprs:  # added to the output as it is added to the bias on merge
+                result = layer.add_per_channel(result, evaluate(self._exprs["delta_bias"], env))
             if key not in self._exprs:
                 result = result + layer.apply(x, delta)
                 continue

@@ -40,6 +40,8 @@ CHECKS: dict[str, str] = {
     "two_adapters": "with two active adapters the forward must equal the output after merging both",
     "fp16": "the fp16 forward is not finite or far from the fp32 one",
     "bf16": "the bf16 forward is not finite or far from the fp32 one",
+    "shared_key": "shared weights must be the model's tensors (layers hold references), frozen, and drawn the same "
+    "from the same `projection_prng_key` (checkpoints without them rely on it)",
     "oracle_delta": "get_delta_weight differs from the spec's delta_weight evaluated independently",
     "oracle_forward": "the forward differs from the spec's forward evaluated independently",
     "oracle_merge": "the merged weight differs from the spec's merge evaluated independently",
@@ -51,6 +53,8 @@ CHECKS: dict[str, str] = {
     "oracle_two_unmerge": "unmerging two adapters does not give what the spec's unmerge gives",
 }
 ORACLE_CHECKS = tuple(name for name in CHECKS if name.startswith("oracle_"))
+# checks of a spec-language feature, run only for specs that use it (`verify` shows no row for the others)
+FEATURE_CHECKS = {"shared_key": "shared weights"}
 
 # fp32 against the float64 oracle / against itself: relative to max(1, largest magnitude of the reference)
 TOLERANCE = 1e-5
@@ -135,6 +139,9 @@ class _MethodProbe:
         self.oracle: Any = None
         self.layer_type = ""
         self.oracle_error = ""
+        # `modules` hyperparameters set to select the probed layer for the first adapter (not the second): its flag is
+        # then true for one adapter and false for the other
+        self.selected: list[str] = []
         try:
             from scaffold.verify.oracle import Oracle, OracleUnsupported
 
@@ -146,20 +153,22 @@ class _MethodProbe:
             self.oracle_error = str(exc)
 
     # -- models ---------------------------------------------------------------------------------------------------
-    def config(self, init_weights: bool, fan_in_fan_out: bool) -> Any:
+    def config(self, init_weights: bool, fan_in_fan_out: bool, select: bool = False) -> Any:
         kwargs: dict[str, Any] = {"target_modules": ["layer"], "init_weights": init_weights}
         # the spec's kwargs for PEFT's test rows of this layer type make it fit tiny layers (FourierFT's default
         # n_frequency of 1000 does not)
         kwargs.update(self.spec.peft_test_kwargs.get(self.layer_type, {}))
         if fan_in_fan_out:
             kwargs["fan_in_fan_out"] = True
+        if select:
+            kwargs.update({name: ["layer"] for name in self.selected})
         return self.config_cls(**kwargs)
 
     def model(self, base: Any, fan_in_fan_out: bool, *, init_weights: bool = False, adapters: int = 1) -> Any:
         """`base` (copied) with `adapters` adapters ("default", "other"), all active, in eval mode."""
         from peft import get_peft_model
 
-        model = get_peft_model(copy.deepcopy(base), self.config(init_weights, fan_in_fan_out))
+        model = get_peft_model(copy.deepcopy(base), self.config(init_weights, fan_in_fan_out, select=True))
         names = ["default"]
         for index in range(1, adapters):
             name = ["other", "third"][index - 1]
@@ -180,13 +189,20 @@ class _MethodProbe:
 
         weights = {w.name: getattr(layer, w.attr)[adapter] for w in self.plan.weights}
         hyperparameters = {name: getattr(config, name) for name in self.spec.hyperparameters}
-        return Adapter(hyperparameters, weights)
+        # a flag is stored on the layer when the spec reads it
+        flags = {
+            s.flag: getattr(layer, f"{self.plan.prefix}{s.flag}", {}).get(adapter, False) for s in self.plan.selectors
+        }
+        return Adapter(hyperparameters, weights, flags)
 
     # -- checks ---------------------------------------------------------------------------------------------------
     def run_layer(self, layer_type: str, seed: int) -> dict[str, dict[str, Any]]:
         import torch
 
+        from scaffold.plan.registration import selectable
+
         results: dict[str, dict[str, Any]] = {}
+        self.selected = selectable(self.plan, layer_type)
         self.layer_type = layer_type
 
         def record(check: str, run: Callable[[], tuple[float | None, bool, str]]) -> None:
@@ -204,6 +220,7 @@ class _MethodProbe:
         base_module, x, fan_in_fan_out = make_layer(layer_type)
         base = _one_layer_net(base_module).eval()
         base_weight = base_module.weight.detach().clone()
+        base_bias = None if getattr(base_module, "bias", None) is None else base_module.bias.detach().clone()
         with torch.no_grad():
             base_out = base(x)
 
@@ -257,7 +274,9 @@ class _MethodProbe:
             peft_model.merge_adapter()
             peft_model.unmerge_adapter()
             value = rel_diff(layer.get_base_layer().weight, base_weight)
-            return value, within(value), f"base weight off by {value:.3g} after merge + unmerge"
+            if base_bias is not None:  # merging may change the bias too (`merge_bias`, `delta_bias`)
+                value = max(value, rel_diff(layer.get_base_layer().bias, base_bias))
+            return value, within(value), f"base weight or bias off by {value:.3g} after merge + unmerge"
 
         @torch.no_grad()
         def merge_matches_forward() -> tuple[float, bool, str]:
@@ -290,6 +309,25 @@ class _MethodProbe:
 
             return run
 
+        @torch.no_grad()
+        def shared_key() -> tuple[None, bool, str]:
+            first, layer = model()
+            second, _ = model()
+            problems = []
+            for w in self.plan.weights:
+                if not w.shared:
+                    continue
+                held = getattr(first.base_model, w.attr)
+                if getattr(layer, w.attr) is not held:
+                    problems.append(f"{w.name}: the layer holds its own dict, not the model's")
+                if not torch.equal(held["default"], getattr(second.base_model, w.attr)["default"]):
+                    problems.append(f"{w.name}: the same key drew different values")
+                if held["default"].requires_grad:
+                    problems.append(f"{w.name} is trainable")
+            return None, not problems, "; ".join(problems)
+
+        if self.plan.shared_weights:
+            record("shared_key", shared_key)
         for check, run in (
             ("identity_init", identity_init),
             ("finite", finite),
@@ -338,6 +376,8 @@ class _MethodProbe:
                 if not value.is_floating_point() and not torch.equal(values[0].weights[name].cpu(), value):
                     return math.nan, False, f"index buffer `{name}` differs from the oracle's"
             expected = oracle.delta_weight(reference, values[0])
+            if self.spec.delta_weight is None:  # a method that only updates the bias: its delta must be zero
+                return compare(layer.get_delta_weight("default"), expected, "delta")
             if not expected.abs().max().item() > 1e-4:  # a zero update would make every comparison vacuous
                 return 0.0, False, "the random init (init_weights=False) gives a zero delta: nothing to compare"
             return compare(layer.get_delta_weight("default"), expected, "delta")
@@ -356,11 +396,20 @@ class _MethodProbe:
                 peft_model, layer, values = model(adapters)
                 peft_model.merge_adapter()
                 merged = layer.get_base_layer().weight.detach().clone()
+                bias = getattr(layer.get_base_layer(), "bias", None)
+                merged_bias = None if bias is None else bias.detach().clone()
                 if not then_unmerge:
-                    return compare(merged, oracle.merged_weight(reference, values), "merged weight")
+                    found = compare(merged, oracle.merged_weight(reference, values), "merged weight")
+                    if merged_bias is None:
+                        return found
+                    return max(found, compare(merged_bias, oracle.merged_bias(reference, values), "merged bias"))
                 peft_model.unmerge_adapter()
                 expected = oracle.unmerged_weight(reference, merged, values)
-                return compare(layer.get_base_layer().weight, expected, "unmerged weight")
+                found = compare(layer.get_base_layer().weight, expected, "unmerged weight")
+                if merged_bias is None:
+                    return found
+                expected_bias = oracle.unmerged_bias(reference, merged_bias, values)
+                return max(found, compare(layer.get_base_layer().bias, expected_bias, "unmerged bias"))
 
             return run
 

@@ -186,6 +186,8 @@ def probe_stage(report: dict[str, Any]) -> tuple[list[Stage], list[Failure]]:
     stages, failures = [], []
     for check, hint in CHECKS.items():
         results = {layer: checks[check] for layer, checks in layers.items() if check in checks}
+        if not results:  # a check for a feature the spec does not use (shared weights)
+            continue
         failed = [layer for layer, result in results.items() if not result["ok"]]
         if failed:
             details = sorted({results[layer]["detail"] for layer in failed if results[layer]["detail"]})

@@ -82,6 +82,11 @@ class TunerKind(Kind):
                 | ({"computed": w.init_expr} if w.init_expr is not None else {})
                 | ({"dtype": w.dtype} if w.dtype != "float" else {})
                 | ({"persistent": False} if not w.persistent else {})
+                | (
+                    {"shared": f"held once per adapter by the model, sized for the largest layer{w.slice_code}"}
+                    if w.shared
+                    else {}
+                )
                 for w in plan.weights
             },
             "forwards": plan.forwards_by_layer_type,
