@@ -80,3 +80,48 @@ def test_render_renames_names_and_calls_without_touching_attributes():
     assert code == "self.drop(x) @ self.a.T * config.r"
     # the parsed tree is not mutated by rendering
     assert render(expr) == "dropout(x) @ A.T * r"
+
+
+@pytest.mark.parametrize("text", ["A ** 2", "A ** 0.5", "A ** -1", "(A + 1) ** 64", "A ** r", "r ** -0.5 * A"])
+def test_accepts_bounded_powers(text):
+    parse_expression(text, names=NAMES)
+    parse_expression(text.replace("A", "scaling"), names=NAMES, tensor=False)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        # each would run (nearly) forever on Python ints in the generated code
+        (
+            "9 ** 9 ** 9 ** 9",
+            "the exponent of `**` must be a number of magnitude at most 64 or a name, got `9 ** 9 ** 9`",
+        ),
+        ("r ** 1000000", "got `1000000`"),
+        ("2 ** -(10 ** 9)", "got `-10 ** 9`"),
+        ("r ** (r * r)", "got `r * r`"),
+        ("r ** True", "got `True`"),
+        ("((r ** 64) ** 64) ** 64", "powers may not be nested"),
+        ("(1 + r ** 2) ** 2", "powers may not be nested"),
+    ],
+)
+def test_refuses_unbounded_powers(text, reason):
+    for tensor in (True, False):
+        with pytest.raises(ExpressionError, match=_escape(reason)):
+            parse_expression(text, names=NAMES, tensor=tensor)
+
+
+def test_a_refused_power_is_one_line_naming_the_field(tmp_path):
+    from typer.testing import CliRunner
+
+    from scaffold.cli import app
+
+    spec = tmp_path / "pow.yaml"
+    spec.write_text(
+        "name: powlora\nhyperparameters: {r: {type: int, default: 2}}\nderived: {s: '9 ** 9 ** 9 ** 9'}\n"
+        "weights: {A: {shape: [r, in_features], init: zeros}}\ndelta_weight: A.sum() * s * weight\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["check", str(spec)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "derived.s" in lines[0] and "exponent of `**`" in lines[0], result.output

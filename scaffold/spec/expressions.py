@@ -65,6 +65,9 @@ SCALAR_FUNCTIONS = frozenset({"sqrt", "log", "exp", "min", "max", "abs", "int", 
 SCALAR_CONSTANTS = frozenset({"pi", "e"})
 
 _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.MatMult)
+# `**` on Python ints has no size limit (`9 ** 9 ** 9 ** 9` would hang the generated code): an exponent is a constant
+# of at most this magnitude, or a name, and powers do not nest.
+MAX_EXPONENT = 64
 _UNARYOPS = (ast.UAdd, ast.USub, ast.Not)
 _CMPOPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
@@ -173,6 +176,8 @@ class _Checker(ast.NodeVisitor):
             raise ExpressionError(f"operator `{type(node.op).__name__}` is not allowed")
         if isinstance(node.op, ast.MatMult) and not self.tensor:
             raise ExpressionError("`@` is only allowed in tensor expressions")
+        if isinstance(node.op, ast.Pow):
+            _check_power(node)
         self.visit(node.left)
         self.visit(node.right)
 
@@ -263,6 +268,27 @@ class _Checker(ast.NodeVisitor):
             if keyword.arg is None:
                 raise ExpressionError("`**kwargs` is not allowed in an expression")
             self.visit(keyword.value)
+
+
+def _check_power(node: ast.BinOp) -> None:
+    """A power's exponent is a small constant or a name, and neither operand holds another power (so its size is
+    bounded by the expression's length, never a tower such as `9 ** 9 ** 9 ** 9`)."""
+    exponent = node.right
+    while isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, (ast.USub, ast.UAdd)):
+        exponent = exponent.operand
+    small = (
+        isinstance(exponent, ast.Constant)
+        and isinstance(exponent.value, (int, float))
+        and not isinstance(exponent.value, bool)
+        and abs(exponent.value) <= MAX_EXPONENT
+    )
+    if not (small or isinstance(exponent, ast.Name)):
+        raise ExpressionError(
+            f"the exponent of `**` must be a number of magnitude at most {MAX_EXPONENT} or a name, "
+            f"got `{ast.unparse(node.right)}`"
+        )
+    if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left)):
+        raise ExpressionError(f"powers may not be nested (`{ast.unparse(node)}`): write one power")
 
 
 def _dotted(node: ast.AST) -> str | None:
