@@ -146,7 +146,8 @@ def test_schema_is_json_schema_of_the_spec():
     schema = json.loads(result.stdout)
     assert schema["title"] == "MethodSpec"
     assert {"name", "weights"} <= set(schema["required"])
-    assert "delta_weight" in schema["properties"]  # optional for a method that only updates the bias
+    # optional for a method that only updates the bias, or one that cannot be merged (cross-field rules)
+    assert "delta_weight" in schema["properties"] and schema["properties"]["mergeable"]["default"] is True
 
 
 @pytest.mark.parametrize("like", ["lora", "blank"])

@@ -117,6 +117,13 @@ EXPECTED = {
     "test_custom_models_multi": [
         '    ("MyLora Same", "mylora", MyLoraConfig, {"target_modules": ["lin0"]}, {"target_modules": ["lin0"]}),\n'
     ],
+    "test_merge_skip": [
+        "    LoraConfig,\n    MissConfig,\n    MyLoraConfig,\n",
+        '        pytest.skip("ShadowPEFT does not support merging adapters, skipping this test.")\n'
+        "    if issubclass(config_cls, MyLoraConfig):\n"
+        '        pytest.skip("MyLora does not support merging adapters, skipping this test.")\n\n\n'
+        "def _skip_if_adding_weighted_adapters_not_supported",
+    ],
 }
 
 
@@ -172,8 +179,13 @@ def test_crlf_files_stay_crlf(site: Site, peft_sdist: Path):
 
 @pytest.mark.parametrize("site", PY_SITES, ids=lambda s: s.name)
 def test_peft_registers_its_own_methods_the_same_way(site: Site, peft_sdist: Path):
-    """The checks recognise how PEFT registered supertuning and tinylora by hand."""
-    for name, camel in (("supertuning", "Supertuning"), ("tinylora", "TinyLora")):
+    """The checks recognise how PEFT registered supertuning and tinylora by hand (for the merge-test skips, its
+    methods that cannot merge: lily and shadow)."""
+    methods = (("supertuning", "Supertuning"), ("tinylora", "TinyLora"))
+    if site.name == "test_merge_skip":
+        methods = (("lily", "Lily"), ("shadow", "Shadow"))
+        assert not site.is_registered(read_text(peft_sdist / site.path("lora")), DiscoveredMethod("lora", "LORA", "LoraConfig"))
+    for name, camel in methods:
         method = DiscoveredMethod(
             name=name,
             peft_type=name.upper(),
@@ -260,6 +272,8 @@ def test_registration_without_manifest_is_removable_by_registration(peft_tree: P
     cs.apply()
     cs = ChangeSet(peft_tree)
     results = plan_unregistration(cs, tree, REGS["last"])
-    assert {r.status for r in results} == {"removed", "skipped"}
+    # the merge-test skip list never listed this (mergeable) method: nothing to remove there
+    assert {r.status for r in results if r.site != "test_merge_skip"} == {"removed", "skipped"}
+    assert {r.status for r in results if r.site == "test_merge_skip"} == {"not registered"}
     cs.apply()
     assert snapshot(peft_tree) == before

@@ -198,6 +198,9 @@ class LayerClassPlan:
     # the forward broadcasts a per-channel vector over the output (`family.channel_view`), which differs by conv dim
     uses_channel_view: bool = False
     selected: bool = False  # the merge chooses input or output scaling per adapter (a condition)
+    # a non-mergeable forward reading `base` gets it in the adapter's dtype, as `x` (it typically maps `base` through
+    # the adapter's weights, which stay fp32 on a half-precision model)
+    casts_base: bool = False
 
     @property
     def forward_summary(self) -> str:
@@ -255,6 +258,7 @@ class MethodPlan:
     computed_reads_weight: bool = False  # an init expression reads `weight`: update_layer binds it
     shared_weights: list[SharedWeightPlan] = field(default_factory=list)
     shared_imports_math: bool = False  # the model's shared-weight init uses `math`
+    mergeable: bool = True  # False: merge / get_delta_weight raise (the forward is not a weight update)
 
     @property
     def computed_weights(self) -> list[WeightPlan]:
@@ -406,6 +410,7 @@ class _Planner:
         self.check_composition(forwards)
         scales_bias = self.check_merge_bias()
         delta_bias = self.delta_bias_expr(forwards)
+        self.check_non_mergeable(forwards)
 
         for expr in [delta, merge, unmerge, delta_bias, *forwards.values(), *self.values.values()]:
             if expr is not None:
@@ -434,6 +439,8 @@ class _Planner:
         # a buffer computed from the base weight, for an adapter added while others are merged, reads the weight
         # as it was before any merge too
         reads_weight = reads_weight or self.computed_reads_weight
+        # a method that cannot be merged keeps no pre-merge copy of the weight
+        reads_weight = spec.mergeable and reads_weight
         exposed = [delta, merge, unmerge, delta_bias, *forwards.values()]
         if scale is not None:
             exposed.append(Expression(ast.unparse(scale), scale, frozenset(_names_in(scale))))
@@ -478,6 +485,7 @@ class _Planner:
             scales_bias=scales_bias,
             delta_bias=bias_plan,
             computed_reads_weight=self.computed_reads_weight,
+            mergeable=spec.mergeable,
         )
 
     def condition_code(self, condition: ast.expr, mapping: dict[str, str]) -> str:
@@ -556,6 +564,18 @@ class _Planner:
                     f"{', '.join(others)}",
                 )
 
+    def check_non_mergeable(self, forwards: dict[str, Expression]) -> None:
+        """Without `delta_weight` there is no forward to derive: every listed layer class needs its own."""
+        if self.spec.mergeable or self.spec.delta_weight is not None:
+            return
+        missing = [f.class_name for f in families_for(list(self.spec.layers)) if f.class_name not in forwards]
+        if missing:
+            raise self.fail(
+                "forward",
+                f"a method with `mergeable: false` and no `delta_weight` needs a forward for every listed layer "
+                f"type: add {', '.join(f'`{key}`' for key in missing)} (or remove those layer types from `layers`)",
+            )
+
     def check_dropout(self) -> None:
         name = self.spec.dropout
         if name is None:
@@ -615,7 +635,9 @@ class _Planner:
         return exprs
 
     def forwards(self) -> dict[str, Expression]:
-        names = self.tensor_names() | {"x", "base", "delta_weight"}
+        # a method that cannot be merged and has no `delta_weight` has no delta to read
+        no_delta = not self.spec.mergeable and self.delta is None
+        names = self.tensor_names() | {"x", "base"} | (set() if no_delta else {"delta_weight"})
         functions = {"layer_op"} | ({"dropout"} if self.spec.dropout else set())
         exprs: dict[str, Expression] = {}
         for key, text in self.spec.forward.items():
@@ -1020,7 +1042,7 @@ class _Planner:
         if composition != "additive":
             kind: ForwardKind = "output_scale" if composition == "output" else "input_scale"
             return LayerClassPlan(family, torch_classes, base_types, kind, [], "", "x", False)
-        if self.delta is None:
+        if self.delta is None and self.spec.mergeable:
             return LayerClassPlan(family, torch_classes, base_types, "bias_only", [], "", "x", False)
         if forward is not None:
             names = set(forward.names)
@@ -1034,8 +1056,9 @@ class _Planner:
             code = render(forward, dims, {"layer_op": "self._layer_op"})
             return LayerClassPlan(
                 family, torch_classes, base_types, "spec", bindings, code, x_in, forward.uses("layer_op"),
-                reads_base="base" in names,
+                reads_base="base" in names, casts_base="base" in names and not self.spec.mergeable,
             )  # fmt: skip
+        assert self.delta is not None  # check_non_mergeable: every class without a forward has a delta
         product = factorise(self.delta.tree, self.ranks())
         if product is None:
             # by linearity, base(x) + op(x, delta) for the layer's own op (linear, embedding, conv)

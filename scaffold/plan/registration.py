@@ -91,6 +91,7 @@ def registration_for(plan: MethodPlan) -> MethodRegistration:
         multiple_active_adapters_cases=tuple(multi),
         docs_title=title,
         docs_summary=plan.spec.summary,
+        mergeable=plan.mergeable,
     )
 
 

@@ -339,7 +339,7 @@ class MethodSpec(_Strict):
     delta_weight: str | None = Field(
         default=None,
         description="the update as an (out_features, in_features) tensor expression; required unless `delta_bias` "
-        "is given (a method that only updates the bias)",
+        "is given (a method that only updates the bias) or `mergeable: false`",
     )
     forward: dict[LayerType, str] = Field(
         default_factory=dict, description="faster forward per layer type; default: base output + x through delta"
@@ -352,6 +352,10 @@ class MethodSpec(_Strict):
     unmerge_bias: str | None = Field(default=None, description="inverse of `merge_bias` (`bias / v`)")
     delta_bias: str | None = Field(
         default=None, description="an additive bias update, shape (out_features,): added in forward and on merge"
+    )
+    mergeable: bool = Field(
+        default=True,
+        description="false: the forward is not a weight update (e.g. nonlinear in the base output), merging raises",
     )
     layers: list[LayerType] = Field(default_factory=lambda: list[LayerType](["Linear"]), min_length=1)
     peft_test_kwargs: dict[LayerType, dict[str, Any]] = Field(
@@ -465,13 +469,19 @@ class MethodSpec(_Strict):
         first_name, first = next(iter(self.weights.items()))
         if first.dtype != "float":
             raise FieldError(f"weights.{first_name}.dtype", "the first weight gives the adapter its dtype: a float")
+        if not self.mergeable:
+            for field_name in ("merge", "unmerge", "merge_bias", "unmerge_bias", "delta_bias"):
+                if getattr(self, field_name) is not None:
+                    raise FieldError(field_name, "a method with `mergeable: false` cannot be merged; remove it")
         if (self.merge is None) != (self.unmerge is None):
             missing = "unmerge" if self.unmerge is None else "merge"
             raise FieldError(missing, "`merge` and `unmerge` must be given together")
-        if self.delta_weight is None:
+        if self.mergeable and self.delta_weight is None:
             if self.delta_bias is None:
                 raise FieldError(
-                    "delta_weight", "is required (a method that only updates the bias gives `delta_bias`)"
+                    "delta_weight",
+                    "is required (a method that only updates the bias gives `delta_bias`; one whose forward is not "
+                    "a weight update says `mergeable: false`)",
                 )
             if self.merge is not None:
                 raise FieldError("merge", "a method without `delta_weight` leaves the weight alone: remove it")

@@ -33,6 +33,8 @@ class MethodRegistration:
     docs_page: str = field(default="", compare=False)
     # Mandatory config kwargs for tests/test_config.py ALL_CONFIG_CLASSES (PEFT: `(AdaLoraConfig, {"total_step": 1})`)
     config_mandatory_kwargs: dict[str, Any] = field(default_factory=dict)
+    # False: the method cannot be merged; PEFT's merge tests skip it (tests/testing_common.py)
+    mergeable: bool = True
 
     @property
     def constant_name(self) -> str:

@@ -11,6 +11,8 @@ Every site mirrors how PEFT 0.19-0.21 registered `tinylora` and `supertuning` by
     test_config           tests/test_config.py            import + `ALL_CONFIG_CLASSES` row
     test_custom_models    tests/test_custom_models.py     import + a bannered block of `TEST_CASES` rows
     test_custom_models_multi  tests/test_custom_models.py `MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES` rows
+    test_merge_skip       tests/testing_common.py         import + a `_skip_if_merging_not_supported` branch
+                                                          (methods that cannot merge only, as PEFT lists Lily)
     docs_page             docs/source/package_reference/<name>.md
     docs_toctree          docs/source/_toctree.yml        entries in the method lists (Methods > Adapters, API reference > Tuners)
 
@@ -47,6 +49,7 @@ import libcst as cst
 
 from scaffold.core.sites import EditFactory, EditSite, Site
 from scaffold.errors import ScaffoldError
+from scaffold.kinds.tuner.merge_skip import AddSkipBranch, RemoveSkipBranch, has_skip_branch
 from scaffold.kinds.tuner.registration import DiscoveredMethod, MethodNames, MethodRegistration
 from scaffold.register import _cst
 from scaffold.register import transforms as t
@@ -422,6 +425,38 @@ class TestMultipleAdaptersSite(_RowsSite):
         ]
 
 
+class MergeSkipSite(EditSite, TunerSite):
+    """tests/testing_common.py: the config import and a `pytest.skip` branch in `_skip_if_merging_not_supported`, for
+    methods that cannot be merged (PEFT lists Lily and ShadowPEFT there); see `merge_skip`."""
+
+    name = "test_merge_skip"
+    relpath = "tests/testing_common.py"
+    required = False  # only methods that cannot merge are listed
+
+    def skip_reason(self, tree: PeftTree, reg: MethodRegistration) -> str | None:
+        return _tests_skip(tree) or (None if not reg.mergeable else "the method can be merged")
+
+    def doctor_skip_reason(self, tree: PeftTree, method: DiscoveredMethod) -> str | None:
+        if reason := _tests_skip(tree) or _no_package(method):
+            return reason
+        return None if self.doctor_is_registered(tree, method) else "only methods that cannot be merged are listed"
+
+    def is_registered(self, source: str | None, method: MethodNames) -> bool:
+        return source is not None and bool(method.config_cls) and has_skip_branch(source, method.config_cls)
+
+    def edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
+            partial(t.AddImportedNames, level=0, module="peft", names=[reg.config_cls]),
+            partial(AddSkipBranch, config_cls=reg.config_cls, title=reg.title),
+        ]
+
+    def inverse_edits(self, reg: MethodRegistration) -> list[EditFactory]:
+        return [
+            partial(RemoveSkipBranch, config_cls=reg.config_cls, title=reg.title),
+            partial(_RemoveUnusedImport, names=[reg.config_cls]),
+        ]
+
+
 # -- 8. docs ---------------------------------------------------------------------------------------------------------
 
 DOCS_DIR = "docs/source/package_reference"
@@ -547,6 +582,7 @@ SITES: list[TunerSite] = [
     TestConfigSite(),
     TestCustomModelsSite(),
     TestMultipleAdaptersSite(),
+    MergeSkipSite(),
     DocsPageSite(),
     DocsToctreeSite(),
 ]
