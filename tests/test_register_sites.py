@@ -184,7 +184,9 @@ def test_peft_registers_its_own_methods_the_same_way(site: Site, peft_sdist: Pat
     methods = (("supertuning", "Supertuning"), ("tinylora", "TinyLora"))
     if site.name == "test_merge_skip":
         methods = (("lily", "Lily"), ("shadow", "Shadow"))
-        assert not site.is_registered(read_text(peft_sdist / site.path("lora")), DiscoveredMethod("lora", "LORA", "LoraConfig"))
+        assert not site.is_registered(
+            read_text(peft_sdist / site.path("lora")), DiscoveredMethod("lora", "LORA", "LoraConfig")
+        )
     for name, camel in methods:
         method = DiscoveredMethod(
             name=name,

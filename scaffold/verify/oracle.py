@@ -15,7 +15,9 @@ Semantics, for several adapters (PEFT's convention, issue #9):
 - merging adapters in order applies `merge` (default `weight + delta_weight`) to the weight as merged so far;
   unmerging applies `unmerge` (default `weight - delta_weight`) in reverse order;
 - with several active adapters, a spec with `merge`/`unmerge` computes what the merged layer computes; otherwise
-  each adapter's forward is applied in turn, `base` being the output so far.
+  each adapter's forward is applied in turn, `base` being the output so far;
+- a spec with `mergeable: false` has only a forward (adapters applied in turn, as above): asking for its delta or
+  merged weight raises `NotMergeable`.
 Dropout is the identity: the oracle describes evaluation mode.
 """
 
@@ -49,6 +51,10 @@ class OracleUnsupported(Exception):
     """The spec uses something this oracle does not know (a new spec field, say): a gap to close, not a pass."""
 
 
+class NotMergeable(Exception):
+    """The spec says `mergeable: false`: it has no merged weight (nor, without `delta_weight`, a delta)."""
+
+
 # MethodSpec fields the oracle understands; the first group does not change the math.
 _DESCRIPTIVE_FIELDS = frozenset(
     {
@@ -60,6 +66,7 @@ _MATH_FIELDS = frozenset(
     {
         "hyperparameters", "derived", "dropout", "weights", "values", "delta_weight", "forward", "merge", "unmerge",
         "layers", "merge_bias", "unmerge_bias", "delta_bias",
+        "mergeable",
     }
 )  # fmt: skip
 KNOWN_SPEC_FIELDS = _DESCRIPTIVE_FIELDS | _MATH_FIELDS
@@ -412,7 +419,7 @@ class Oracle:
         for name, item in spec.values.items():  # named tensors, in order: each may read the earlier ones
             self._exprs[f"values.{name}"] = parse_expression(tensor_value(item).expr, names=names)
             names.add(name)
-        tensor_names = names | {"x", "base", "delta_weight"}
+        tensor_names = names | {"x", "base"} | ({"delta_weight"} if spec.delta_weight or spec.mergeable else set())
         functions = {"dropout", "layer_op"}
         if spec.delta_weight is not None:  # None: the method only updates the bias (a zero weight update)
             self._exprs["delta_weight"] = parse_expression(spec.delta_weight, names=names)
@@ -488,8 +495,13 @@ class Oracle:
         return {name: env[name] for name in self.spec.weights if f"init.{name}" in self._exprs}
 
     # -- the quantities -------------------------------------------------------------------------------------------
+    def _require_mergeable(self) -> None:
+        if not self.spec.mergeable:
+            raise NotMergeable(f"`{self.spec.name}` has `mergeable: false`: it has no delta or merged weight")
+
     def delta(self, layer: BaseLayer, adapter: Adapter) -> torch.Tensor:
         """The canonical (out_features, in_features) update."""
+        self._require_mergeable()
         return self._delta(self._env(layer, adapter), layer)
 
     def _delta(self, env: Mapping[str, Any], layer: BaseLayer) -> torch.Tensor:
@@ -502,6 +514,7 @@ class Oracle:
         return layer.from_canonical(self.delta(layer, adapter))
 
     def _merge_step(self, which: str, layer: BaseLayer, current: torch.Tensor, adapter: Adapter) -> torch.Tensor:
+        self._require_mergeable()
         env = self._env(layer, adapter)
         delta = self._delta(env, layer)
         if which not in self._exprs:
@@ -511,6 +524,7 @@ class Oracle:
         return evaluate(self._exprs[which], {**env, "weight": current, "delta_weight": delta})
 
     def merged_canonical(self, layer: BaseLayer, adapters: Sequence[Adapter]) -> torch.Tensor:
+        self._require_mergeable()
         current = layer.canonical_weight
         for adapter in adapters:
             current = self._merge_step("merge", layer, current, adapter)
@@ -522,6 +536,7 @@ class Oracle:
 
     def unmerged_weight(self, layer: BaseLayer, merged: torch.Tensor, adapters: Sequence[Adapter]) -> torch.Tensor:
         """`merged` (real layout, `adapters` merged in order) after unmerging them in reverse order."""
+        self._require_mergeable()
         current = layer.to_canonical(merged.detach().double())
         for adapter in reversed(adapters):
             current = self._merge_step("unmerge", layer, current, adapter)

@@ -10,6 +10,9 @@ tree's registered peft (with the generated method) is the one imported, never an
 
 The checks use the generated method through PEFT's API (`get_peft_model`, `merge_adapter`, ...) and compare it
 with itself (identity init, merge round trip, ...) and with the independent oracle (`scaffold.verify.oracle`).
+A check that does not apply to the method is recorded as passed with `"skipped": true` and the reason as its detail:
+the merge checks for a spec with `mergeable: false` (which gets `merge_refused` instead), `merge_refused` for the
+others.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ CHECKS: dict[str, str] = {
     "merge_matches_forward": "the merged layer must compute what the unmerged forward computes: `forward`, "
     "`delta_weight` and `merge` disagree",
     "two_adapters": "with two active adapters the forward must equal the output after merging both",
+    "merge_refused": "a method with `mergeable: false` must refuse merge_adapter, merge_and_unload and layer.merge "
+    "(NotImplementedError) without touching the base weight, and unload() must give the base model back",
     "fp16": "the fp16 forward is not finite or far from the fp32 one",
     "bf16": "the bf16 forward is not finite or far from the fp32 one",
     "shared_key": "shared weights must be the model's tensors (layers hold references), frozen, and drawn the same "
@@ -55,6 +60,13 @@ CHECKS: dict[str, str] = {
 ORACLE_CHECKS = tuple(name for name in CHECKS if name.startswith("oracle_"))
 # checks of a spec-language feature, run only for specs that use it (`verify` shows no row for the others)
 FEATURE_CHECKS = {"shared_key": "shared weights"}
+# what a method with `mergeable: false` has no use for (it gets `merge_refused` instead)
+MERGE_CHECKS = (
+    "merge_unmerge", "merge_matches_forward", "two_adapters", "oracle_delta", "oracle_merge", "oracle_unmerge",
+    "oracle_two_merge", "oracle_two_unmerge",
+)  # fmt: skip
+NOT_MERGEABLE = "not applicable: the spec says `mergeable: false`"
+MERGEABLE = "not applicable: the method can be merged"
 
 # fp32 against the float64 oracle / against itself: relative to max(1, largest magnitude of the reference)
 TOLERANCE = 1e-5
@@ -204,8 +216,13 @@ class _MethodProbe:
         results: dict[str, dict[str, Any]] = {}
         self.selected = selectable(self.plan, layer_type)
         self.layer_type = layer_type
+        mergeable = self.plan.mergeable
 
         def record(check: str, run: Callable[[], tuple[float | None, bool, str]]) -> None:
+            if not mergeable and check in MERGE_CHECKS or mergeable and check == "merge_refused":
+                reason = NOT_MERGEABLE if not mergeable else MERGEABLE
+                results[check] = {"ok": True, "value": None, "detail": reason, "skipped": True}
+                return
             torch.manual_seed(seed + 7)
             try:
                 value, ok, detail = run()
@@ -235,9 +252,10 @@ class _MethodProbe:
         def identity_init() -> tuple[float, bool, str]:
             peft_model, layer = model(init_weights=True)
             diffs = {"output": rel_diff(peft_model(x), base_out)}
-            diffs["delta_weight"] = rel_diff(layer.get_delta_weight("default"), torch.zeros_like(base_weight))
-            peft_model.merge_adapter()
-            diffs["merged weight"] = rel_diff(layer.get_base_layer().weight, base_weight)
+            if mergeable:
+                diffs["delta_weight"] = rel_diff(layer.get_delta_weight("default"), torch.zeros_like(base_weight))
+                peft_model.merge_adapter()
+                diffs["merged weight"] = rel_diff(layer.get_base_layer().weight, base_weight)
             value = max(diffs.values(), key=lambda v: math.inf if math.isnan(v) else v)
             bad = [k for k, v in diffs.items() if not within(v, IDENTITY_TOLERANCE)]
             return value, not bad, f"{', '.join(bad)} changed by {value:.3g}" if bad else ""
@@ -245,7 +263,9 @@ class _MethodProbe:
         @torch.no_grad()
         def finite() -> tuple[None, bool, str]:
             peft_model, layer = model()
-            quantities = {"output": peft_model(x), "delta_weight": layer.get_delta_weight("default")}
+            quantities = {"output": peft_model(x)}
+            if mergeable:
+                quantities["delta_weight"] = layer.get_delta_weight("default")
             bad = [k for k, v in quantities.items() if not v.isfinite().all()]
             return None, not bad, f"{', '.join(bad)} not finite" if bad else ""
 
@@ -294,6 +314,30 @@ class _MethodProbe:
             value = rel_diff(peft_model(x), active)
             return value, within(value), f"two active adapters vs both merged: off by {value:.3g}"
 
+        @torch.no_grad()
+        def merge_refused() -> tuple[None, bool, str]:
+            peft_model, layer = model()
+            expected = peft_model(x)
+            attempts = {
+                "merge_adapter": peft_model.merge_adapter,
+                "merge_and_unload": peft_model.merge_and_unload,
+                "layer.merge": layer.merge,
+            }
+            problems = []
+            for what, attempt in attempts.items():
+                try:
+                    attempt()
+                except NotImplementedError:
+                    continue
+                problems.append(f"{what} did not raise NotImplementedError")
+            if layer.merged or not torch.equal(layer.get_base_layer().weight, base_weight):
+                problems.append("the base weight changed")
+            if not within(rel_diff(peft_model(x), expected)):
+                problems.append("the output changed")
+            if not within(rel_diff(peft_model.unload()(x), base_out)):
+                problems.append("unload() does not give the base model's output")
+            return None, not problems, "; ".join(problems)
+
         def half(dtype_name: str) -> Callable[[], tuple[float, bool, str]]:
             @torch.no_grad()
             def run() -> tuple[float, bool, str]:
@@ -335,6 +379,7 @@ class _MethodProbe:
             ("merge_unmerge", merge_unmerge),
             ("merge_matches_forward", merge_matches_forward),
             ("two_adapters", two_adapters),
+            ("merge_refused", merge_refused),
             ("fp16", half("fp16")),
             ("bf16", half("bf16")),
         ):

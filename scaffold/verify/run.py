@@ -189,7 +189,11 @@ def probe_stage(report: dict[str, Any]) -> tuple[list[Stage], list[Failure]]:
         if not results:  # a check for a feature the spec does not use (shared weights)
             continue
         failed = [layer for layer, result in results.items() if not result["ok"]]
-        if failed:
+        if results and all(result.get("skipped") for result in results.values()):
+            # e.g. the merge checks of a method that cannot be merged
+            detail = next(iter(results.values()))["detail"]
+            stages.append(Stage(f"probe: {check}", True, f"skipped ({detail})", {"layers": results}))
+        elif failed:
             details = sorted({results[layer]["detail"] for layer in failed if results[layer]["detail"]})
             detail = f"FAIL on {', '.join(failed)}" + (f": {details[0]}" if details else "")
             stages.append(Stage(f"probe: {check}", False, detail, {"layers": results}))

@@ -65,7 +65,7 @@ class TunerKind(Kind):
 
     def summary(self, spec: MethodSpec, source: str) -> dict[str, Any]:
         plan = build_plan(spec, source=source)
-        return {
+        summary = {
             "name": plan.name,
             "kind": self.name,
             "title": plan.title,
@@ -93,6 +93,9 @@ class TunerKind(Kind):
             "files": sorted(files.paths_for(plan, Layout.PEFT_TREE).values()),
             "registers": [site.name for site in SITES],
         }
+        if not plan.mergeable:
+            summary["mergeable"] = "no: merge_adapter / merge_and_unload raise; adapters apply in order"
+        return summary
 
 
 KIND = TunerKind()

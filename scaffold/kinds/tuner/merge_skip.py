@@ -88,7 +88,7 @@ class AddSkipBranch(_SkipBranchEdit):
             return tree
         message = f"{self.title} does not support merging adapters, skipping this test."
         branch = cst.parse_statement(
-            f"if issubclass({CONFIG_PARAMETER}, {self.config_cls}):\n    pytest.skip(\"{message}\")\n"
+            f'if issubclass({CONFIG_PARAMETER}, {self.config_cls}):\n    pytest.skip("{message}")\n'
         )
         return self._with_body(tree, index, func, [*body, branch])
 
