@@ -32,12 +32,13 @@ from scaffold.verify.oracle import (
     KNOWN_WEIGHT_FIELDS,
     Adapter,
     BaseLayer,
+    NotMergeable,
     Oracle,
     OracleUnsupported,
     evaluate,
     evaluate_scalar,
 )
-from scaffold.verify.probe import JSON_MARKER, ORACLE_CHECKS, make_layer
+from scaffold.verify.probe import JSON_MARKER, MERGE_CHECKS, ORACLE_CHECKS, make_layer
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,13 +50,20 @@ def _tuner_specs() -> list[Path]:
     return [p for p in paths if (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("kind", "tuner") == "tuner"]
 
 
+def _mergeable(spec: Path) -> bool:
+    return yaml.safe_load(spec.read_text(encoding="utf-8")).get("mergeable", True)
+
+
 TUNER_SPECS = _tuner_specs()
 CASES = [
     (spec, layer_type, check)
     for spec in TUNER_SPECS
     for layer_type in yaml.safe_load(spec.read_text(encoding="utf-8")).get("layers", ["Linear"])
     for check in ORACLE_CHECKS
+    # a method that cannot merge has only a forward to compare (its merge checks are `merge_refused`, below)
+    if _mergeable(spec) or check not in MERGE_CHECKS
 ]
+BOTTLENECK = REPO / "tests" / "specs" / "bottleneck.yaml"
 
 # Known bugs of the generator (issue #9), as (spec file, check) -> reason; strict: the test flips when fixed.
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
@@ -263,6 +271,39 @@ def test_oracle_shared_weights_are_sliced_to_each_layer():
         oracle.delta(layer, too_small)
 
 
+@pytest.mark.parametrize("layer_type", ["Linear", "Embedding"])
+def test_oracle_bottleneck_applies_adapters_in_order_and_has_no_merge(layer_type):
+    """`mergeable: false`: h -> h + up(gelu(down h + b)) * scale, the second adapter on the first one's output."""
+    torch.manual_seed(4)
+    oracle = Oracle(load_spec(BOTTLENECK))
+    module, x, _ = make_layer(layer_type)
+    layer = BaseLayer.of(layer_type, module)
+    out = layer.dims()["out_features"]
+
+    def adapter(scale: float) -> Adapter:
+        weights = {"down": torch.randn(4, out), "down_bias": torch.randn(4), "up": torch.randn(out, 4)}
+        return Adapter({"r": 4, "scale": scale}, weights)
+
+    def textbook(h: torch.Tensor, a: Adapter) -> torch.Tensor:
+        down, bias, up = (a.weights[n].double() for n in ("down", "down_bias", "up"))
+        return h + torch.nn.functional.gelu(h @ down.T + bias) @ up.T * a.hyperparameters["scale"]
+
+    first, second = adapter(0.5), adapter(2.0)
+    with torch.no_grad():
+        h = module(x).double()
+    assert torch.allclose(oracle.forward(layer, x, [first]), textbook(h, first))
+    both = oracle.forward(layer, x, [first, second])
+    assert torch.allclose(both, textbook(textbook(h, first), second))
+    assert not torch.allclose(both, textbook(textbook(h, second), first))  # the order matters: it is not a sum
+    for call in (
+        lambda: oracle.delta(layer, first),
+        lambda: oracle.merged_weight(layer, [first]),
+        lambda: oracle.unmerged_weight(layer, module.weight, [first]),
+    ):
+        with pytest.raises(NotMergeable, match="mergeable: false"):
+            call()
+
+
 def test_the_walker_covers_the_language():
     names = {"v", "w", "r", "flag"}
     env = {"v": torch.tensor([1.0, -2.0, 3.0]), "w": torch.ones(3, 2), "r": 4, "flag": False}
@@ -343,6 +384,8 @@ def test_every_tuner_spec_is_covered():
     assert {"ia3.yaml", "beft.yaml", "biasshift.yaml"} <= names
     # computed buffers (issue #10): column norms, seeded indices with an FFT, a scatter, an SVD basis
     assert {"delora.yaml", "fourierft.yaml", "sparsemask.yaml", "svdbasis.yaml"} <= names
+    # a method that cannot be merged (its forward only)
+    assert "bottleneck.yaml" in names
     assert len(CASES) >= 4 * len(ORACLE_CHECKS)
 
 
@@ -387,6 +430,28 @@ def test_probe_checks_shared_weights_only_where_a_spec_has_them(oracle_report):
             assert results and all(r is not None and r["ok"] for r in results), (spec.name, results)
         else:
             assert results == [None] * len(results), spec.name
+
+
+@pytest.mark.slow
+def test_a_method_that_cannot_merge_refuses_it_and_skips_only_the_merge_checks(oracle_report):
+    method = oracle_report[str(BOTTLENECK)]
+    assert method["error"] is None, method["error"]
+    assert sorted(method["layers"]) == ["Conv1D", "Embedding", "Linear"]
+    for layer_type, checks in method["layers"].items():
+        skipped = {name for name, result in checks.items() if result.get("skipped")}
+        assert skipped == set(MERGE_CHECKS), (layer_type, skipped)
+        assert all(result["ok"] for result in checks.values()), (layer_type, checks)
+        # merge_adapter, merge_and_unload and layer.merge raised; unload gave the base model back
+        assert checks["merge_refused"]["detail"] == "", checks["merge_refused"]
+    for spec in TUNER_SPECS:  # and the others ran every check, merge_refused being the one that does not apply
+        if spec != BOTTLENECK:
+            skipped = {
+                c
+                for checks in oracle_report[str(spec)]["layers"].values()
+                for c, r in checks.items()
+                if r.get("skipped")
+            }
+            assert skipped == {"merge_refused"}, (spec.name, skipped)
 
 
 @pytest.mark.slow
