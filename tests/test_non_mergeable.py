@@ -131,3 +131,46 @@ def test_a_non_mergeable_spec_may_keep_a_delta_for_its_forwards():
     assert plan.delta is not None and not plan.mergeable and not plan.caches_base_weight
     layer = _methods(_module(render_method(plan, layout=Layout.STANDALONE), "bottleneck/layer.py"), "BottleneckLayer")
     assert "_canonical_delta" in layer and _raises(layer["get_delta_weight"]) == "NotImplementedError"
+
+
+def test_coverage_claim_lily_forward_is_writable_as_a_non_mergeable_spec():
+    """docs/coverage.yaml says one layer of PEFT's Lily is writable with `mergeable: false` (what it still needs is
+    sharing across layers): its expression, evaluated by the oracle, matches PEFT's Lily on one layer."""
+    import copy
+    import re
+
+    import torch
+    from peft import LilyConfig, get_peft_model
+
+    from scaffold.verify.oracle import Adapter, BaseLayer, Oracle
+
+    note = yaml.safe_load((REPO / "docs" / "coverage.yaml").read_text(encoding="utf-8"))["tuners"]["lily"]["note"]
+    expression = next(text for text in re.findall(r"`([^`]+)`", note) if text.startswith("base + "))
+    hp = {"r": 2, "num_B": 3, "scaling": 0.7}
+    spec = MethodSpec.model_validate(
+        {
+            "name": "onelily",
+            "mergeable": False,
+            "hyperparameters": {k: {"type": type(v).__name__, "default": v} for k, v in hp.items()},
+            "weights": {
+                "A": {"shape": ["r", "in_features"], "init": "kaiming_uniform"},
+                "router": {"shape": ["num_B", "r"], "init": "kaiming_uniform"},
+                "B": {"shape": ["num_B * r", "out_features"], "init": "zeros"},
+            },
+            "forward": {"Linear": expression},
+        }
+    )
+    build_plan(spec)  # the generator accepts it
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    config = LilyConfig(target_modules=["0"], stride_A=1, init_weights=False, **hp)
+    model = get_peft_model(copy.deepcopy(base), config).eval()
+    layer = model.base_model.model[0]
+    weights = {"A": layer.lily_A, "router": layer.lily_router, "B": layer.lily_B}
+    adapter = Adapter(hp, {name: module["default"].weight for name, module in weights.items()})
+    x = torch.randn(3, 4, 6)
+    with torch.no_grad():
+        expected, before = model(x).double(), base(x).double()
+    actual = Oracle(spec).forward(BaseLayer.of("Linear", base[0]), x, [adapter])
+    assert (expected - before).abs().max() > 0.1  # not a no-op
+    assert torch.allclose(actual, expected, atol=1e-5)

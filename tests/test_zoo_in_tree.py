@@ -72,8 +72,9 @@ def test_peft_own_matrix_passes(zoo_tree: Path) -> None:
     custom = run_pytest(zoo_tree, ["tests/test_custom_models.py", "-k", " or ".join(p.class_name for p in plans)])
     assert custom.failed == 0 and custom.errors == 0, custom.output_tail
     # each method's rows (MLP, Conv1d, Conv2d, two adapters) really ran through PEFT's custom-model matrix: about
-    # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A) and RefOFT (Linear
-    # and Conv2d), and bottleneck (about 210: PEFT skips its ~90 merge tests), most of them PEFT's per-config-class tests; a matrix that collected few of the rows falls short
+    # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A), RefOFT (Linear
+    # and Conv2d) and bottleneck (about 210: PEFT skips its ~90 merge tests), most of them PEFT's per-config-class
+    # tests; a matrix that collected few of the rows falls short
     assert custom.passed > 200 * len(plans), custom.output_tail
 
     configs = " or ".join(p.config_cls for p in plans)
