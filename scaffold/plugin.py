@@ -235,6 +235,7 @@ def _tuner_context(plan: MethodPlan, **names: str) -> dict[str, str]:
         "layer_cls": plan.layer_cls,
         "prefix": plan.prefix,
         "llama_targets": json.dumps(_llama_targets(plan)).replace("null", "None"),  # a Python literal
+        "mergeable": "true" if plan.mergeable else "false",
         "example_file": f"{plan.name}_example.py",
         **_usage_layer(plan),
     }

@@ -169,7 +169,15 @@ def test_train_save_load_merge(tmp_path, capsys):
         assert isinstance(auto.peft_config["default"], {{ cookiecutter.config_cls }})
         torch.testing.assert_close(auto(input_ids=input_ids).logits, logits)
 
+{% if cookiecutter.mergeable == "true" %}
         merged = loaded.merge_and_unload()
         assert not any(isinstance(m, {{ cookiecutter.layer_cls }}) for m in merged.modules())
         torch.testing.assert_close(merged(input_ids=input_ids).logits, logits, atol=1e-4, rtol=1e-4)
+{% else %}
+        with pytest.raises(NotImplementedError, match="cannot be merged"):
+            loaded.merge_and_unload()
+        unloaded = loaded.unload()
+        assert not any(isinstance(m, {{ cookiecutter.layer_cls }}) for m in unloaded.modules())
+        torch.testing.assert_close(unloaded(input_ids=input_ids).logits, base_logits)
+{% endif %}
 {% endif %}
