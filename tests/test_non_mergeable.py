@@ -174,3 +174,19 @@ def test_coverage_claim_lily_forward_is_writable_as_a_non_mergeable_spec():
     actual = Oracle(spec).forward(BaseLayer.of("Linear", base[0]), x, [adapter])
     assert (expected - before).abs().max() > 0.1  # not a no-op
     assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_verify_shows_checks_that_do_not_apply_as_skipped_not_as_passed():
+    from scaffold.verify.probe import CHECKS, MERGE_CHECKS, NOT_MERGEABLE
+    from scaffold.verify.run import probe_stage
+
+    layer = {check: {"ok": True, "value": 0.0, "detail": ""} for check in CHECKS}
+    layer.update(
+        {check: {"ok": True, "value": None, "detail": NOT_MERGEABLE, "skipped": True} for check in MERGE_CHECKS}
+    )
+    layer["fp16"] = {"ok": False, "value": 1.0, "detail": "off by 1"}
+    stages, failures = probe_stage({"error": None, "layers": {"Linear": layer, "Conv1D": layer}})
+    shown = {stage.name: (stage.result, stage.skipped) for stage in stages}
+    assert shown["probe: merge_unmerge"] == (f"skipped ({NOT_MERGEABLE})", True)
+    assert shown["probe: merge_refused"] == ("ok (2 layer types)", False)
+    assert [f.name for f in failures] == ["fp16"]

@@ -192,7 +192,7 @@ def probe_stage(report: dict[str, Any]) -> tuple[list[Stage], list[Failure]]:
         if results and all(result.get("skipped") for result in results.values()):
             # e.g. the merge checks of a method that cannot be merged
             detail = next(iter(results.values()))["detail"]
-            stages.append(Stage(f"probe: {check}", True, f"skipped ({detail})", {"layers": results}))
+            stages.append(Stage(f"probe: {check}", True, f"skipped ({detail})", {"layers": results}, skipped=True))
         elif failed:
             details = sorted({results[layer]["detail"] for layer in failed if results[layer]["detail"]})
             detail = f"FAIL on {', '.join(failed)}" + (f": {details[0]}" if details else "")
