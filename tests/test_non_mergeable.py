@@ -37,11 +37,12 @@ def _check(tmp_path: Path, data: dict[str, Any]) -> Any:
     "change, field, reason",
     [
         ({"merge": "weight + delta_weight", "unmerge": "weight - delta_weight"}, "merge", "cannot be merged"),
-        ({"mergeable": True}, "delta_weight", "is required (unless `mergeable: false`)"),
+        ({"mergeable": True}, "delta_weight", "one whose forward is not a weight update says `mergeable: false`"),
         ({"layers": ["Linear", "Embedding", "Conv2d"]}, "forward", "add `Conv2d`"),
         ({"forward": {"Linear": DATA["forward"]["Linear"]}}, "forward", "add `Embedding`"),
         ({"forward": {"Linear": "base + delta_weight", "Embedding": "base"}}, "forward.Linear", "unknown name"),
         ({"mergeable": "sometimes"}, "mergeable", "bool"),
+        ({"delta_bias": "up.sum(dim=1)"}, "delta_bias", "cannot be merged"),
     ],
 )
 def test_bad_non_mergeable_specs_are_one_line_errors(tmp_path, change, field, reason):
@@ -80,7 +81,7 @@ def test_generated_layer_and_model_refuse_merging_the_way_peft_does():
     """Like PEFT's Lily and ShadowPEFT: the layer's merge/unmerge/get_delta_weight and the model's
     `_check_merge_allowed` raise NotImplementedError; no merge arithmetic is generated."""
     plan = build_plan(load_spec(BOTTLENECK))
-    assert not plan.mergeable and plan.delta is None and plan.merge is None
+    assert not plan.mergeable and not plan.delta.expression and plan.merge is None
     files = render_method(plan, layout=Layout.STANDALONE)
     layer = _methods(_module(files, "bottleneck/layer.py"), "BottleneckLayer")
     for name in ("merge", "unmerge", "get_delta_weight"):
@@ -128,7 +129,7 @@ def test_a_non_mergeable_spec_may_keep_a_delta_for_its_forwards():
     plan = build_plan(MethodSpec.model_validate(data))
     kinds = {lc.family.class_name: lc.forward for lc in plan.layer_classes}
     assert kinds == {"Linear": "spec", "Embedding": "factored"}
-    assert plan.delta is not None and not plan.mergeable and not plan.caches_base_weight
+    assert plan.delta.expression and not plan.mergeable and not plan.caches_base_weight
     layer = _methods(_module(render_method(plan, layout=Layout.STANDALONE), "bottleneck/layer.py"), "BottleneckLayer")
     assert "_canonical_delta" in layer and _raises(layer["get_delta_weight"]) == "NotImplementedError"
 
