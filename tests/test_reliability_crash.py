@@ -3,8 +3,8 @@
 A run is killed with a real SIGKILL just before its Nth file-system step (PEFT_SCAFFOLD_FAULT_AT=N); then the next
 `new` must leave exactly the tree a clean run leaves, and the next `remove` exactly the pristine tree, byte for byte
 (modes included, no temporary or backup file). The runs are forked from the test process (the CLI's code is
-already imported there, so a run costs its work, not an interpreter start); one test goes through the real
-entry point in a fresh interpreter.
+already imported there, and the PEFT texts every run parses are parsed there once, so a run costs its own work,
+not an interpreter start nor libcst's parsing); one test goes through the real entry point in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import scaffold.cli
 import scaffold.core.generate
@@ -27,7 +29,8 @@ import scaffold.pipeline
 import scaffold.register.transforms
 import scaffold.render.format  # noqa: F401  # imported before forking: children run warm, and as the parent
 from scaffold import journal
-from tests.conftest import snapshot_tree
+from scaffold.peft_source import copy_peft_tree
+from tests.conftest import memoized_cst_parse, snapshot_tree
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,19 +84,35 @@ def remove_args(tree: Path, name: str = "reflora") -> list[str]:
     return ["remove", name, "--peft-root", str(tree)]
 
 
-@pytest.fixture
-def states(peft_tree: Path, tmp_path: Path) -> dict[str, object]:
-    """The pristine tree, the tree after a clean `new`, and how many steps each command takes."""
-    pristine = snapshot_tree(peft_tree)
+@pytest.fixture(scope="module", autouse=True)
+def parsed_once(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A clean `new` and `remove` in this process, on a tree of its own, with `memoized_cst_parse`: every run forked
+    afterwards starts with the texts it reads already parsed (the pristine and the generated registry files)."""
+    with memoized_cst_parse() as parse:
+        tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("parsed-once") / "peft")
+        for args in (new_args(tree), remove_args(tree)):
+            result = CliRunner().invoke(scaffold.cli.app, args)
+            assert result.exit_code == 0, result.output
+        assert parse.cache_info().currsize > 0
+        yield
+
+
+@pytest.fixture(scope="module")
+def states(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory, parsed_once: None) -> dict[str, object]:
+    """The pristine tree, the tree after a clean `new`, and how many steps each command takes (the same for every
+    fresh copy of the sdist: the tests compare their own `peft_tree` copies with these snapshots)."""
+    tmp_path = tmp_path_factory.mktemp("states")
+    tree = copy_peft_tree(peft_sdist, tmp_path / "peft")
+    pristine = snapshot_tree(tree)
     log = tmp_path / "steps-new.log"
-    assert fork_cli(new_args(peft_tree), log=log)[0] == 0
-    generated = snapshot_tree(peft_tree)
+    assert fork_cli(new_args(tree), log=log)[0] == 0
+    generated = snapshot_tree(tree)
     generated_copy = tmp_path / "generated"
-    shutil.copytree(peft_tree, generated_copy, symlinks=True)
+    shutil.copytree(tree, generated_copy, symlinks=True)
     new_steps = len(log.read_text().splitlines())
     log = tmp_path / "steps-remove.log"
-    assert fork_cli(remove_args(peft_tree), log=log)[0] == 0
-    assert snapshot_tree(peft_tree) == pristine
+    assert fork_cli(remove_args(tree), log=log)[0] == 0
+    assert snapshot_tree(tree) == pristine
     remove_steps = len(log.read_text().splitlines())
     assert snapshot_tree(generated_copy) == generated
     return {

@@ -115,7 +115,9 @@ def test_verify_names_the_failing_check_of_a_broken_spec(verify_tree, name):
 def test_verify_runs_the_generated_tests_and_linters_green_on_the_reference_lora(verify_tree):
     """Probe, generated tests, ruff + mypy. (PEFT's own rows for reflora take minutes on 2 cores and run in
     tests/test_in_tree.py; `demo` runs them through verify.)"""
-    code, report = _verify(str(LORA), "--peft-root", str(verify_tree), "--skip-peft-tests")
+    # one pytest process: a second xdist worker imports torch and peft again for ~30 tests (the suite's own workers
+    # keep the cores busy anyway)
+    code, report = _verify(str(LORA), "--peft-root", str(verify_tree), "--skip-peft-tests", "--workers", "1")
     assert code == 0, report["failures"]
     stages = report["stages"]
     assert [name for name, stage in stages.items() if stage["skipped"]] == [
