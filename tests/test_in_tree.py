@@ -28,7 +28,8 @@ from scaffold.peft_source import copy_peft_tree
 from scaffold.plan import build_plan
 from scaffold.plan.method import MethodPlan
 from scaffold.spec import load_spec
-from scaffold.verify import TestCounts, lint_generated, run_pytest
+from scaffold.verify import TestCounts as Counts  # (as Counts: pytest would try to collect a Test* class)
+from scaffold.verify import lint_generated, run_pytest
 from tests.conftest import register_fake_method
 
 
@@ -78,7 +79,7 @@ def _module_is(module: str) -> Callable[[str], bool]:
     return lambda test_id: test_id.startswith((f"{module}.", f"{module}::"))
 
 
-def _in_file(counts: TestCounts, module: str, *words: str) -> TestCounts:
+def _in_file(counts: Counts, module: str, *words: str) -> Counts:
     """The share of the test cases of `tests/<module>.py` whose id names one of `words`, matched as pytest's `-k`
     matches a word: case-insensitively, anywhere in the id."""
     pattern = re.compile("|".join(re.escape(word) for word in words), re.IGNORECASE)

@@ -170,6 +170,24 @@ def test_test_failures_are_grouped_by_test_name_with_a_hint(tmp_path):
     assert groups["test_merge_layers"].hint == TEST_HINTS["test_merge"]
     assert "boom happened" in groups["test_other"].hint  # no known hint: the failure's own first line
 
+    # every case's outcome, by id, and the counts of a share of the run (tests/test_in_tree.py: one run, many methods)
+    assert counts.outcomes == {
+        "tests.test_fake::test_merge_layers[a]": "passed",
+        "tests.test_fake::test_merge_layers[b]": "failed",
+        "tests.test_fake::test_merge_layers[c]": "failed",
+        "tests.test_fake::test_other": "failed",
+        "tests.test_fake::test_fine": "passed",
+    }
+    merge = counts.subset(lambda test_id: "merge_layers" in test_id)
+    assert (merge.passed, merge.failed, merge.errors, merge.skipped) == (1, 2, 0, 0)
+    assert [name for name, _ in merge.failures] == ["test_merge_layers[b]", "test_merge_layers[c]"]
+    assert counts.subset(lambda test_id: test_id.endswith("test_fine")).as_dict() == {
+        "passed": 1,
+        "failed": 0,
+        "errors": 0,
+        "skipped": 0,
+    }
+
 
 def test_verify_itself_imports_no_torch():
     """Only the probe's subprocess runs generated code (with the tree's peft); the command's process stays light."""
