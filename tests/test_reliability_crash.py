@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,21 @@ def remove_args(tree: Path, name: str = "reflora") -> list[str]:
     return ["remove", name, "--peft-root", str(tree)]
 
 
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the kill loops keep their trees: a RAM-backed directory (/dev/shm) when there is one. A SIGKILL leaves
+    the tree as the kernel's page cache has it on any file system (an fsync matters only for a power cut, which
+    these tests do not simulate), and on a disk the journal's fsyncs took most of the loops' time (measured: 4
+    killed `remove` runs and their follow-ups, 28 s on /tmp, 5-11 s on /dev/shm)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 1 << 30:
+        path = Path(tempfile.mkdtemp(prefix="peft-scaffold-crash-", dir=shm))
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("scratch")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def parsed_once(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A clean `new` and `remove` in this process, on a tree of its own, with `memoized_cst_parse`: every run forked
@@ -98,10 +114,11 @@ def parsed_once(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="module")
-def states(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory, parsed_once: None) -> dict[str, object]:
+def states(peft_sdist: Path, scratch: Path, parsed_once: None) -> dict[str, object]:
     """The pristine tree, the tree after a clean `new`, and how many steps each command takes (the same for every
     fresh copy of the sdist: the tests compare their own `peft_tree` copies with these snapshots)."""
-    tmp_path = tmp_path_factory.mktemp("states")
+    tmp_path = scratch / "states"
+    tmp_path.mkdir()
     tree = copy_peft_tree(peft_sdist, tmp_path / "peft")
     pristine = snapshot_tree(tree)
     log = tmp_path / "steps-new.log"
@@ -157,24 +174,24 @@ def check_kill_during_remove(work: Path, n: int, states: dict[str, object], *, b
     assert snapshot_tree(work) == states["generated"], f"new after a kill at step {n} of remove"
 
 
-def test_kill_at_sampled_steps_of_new_and_remove(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
+def test_kill_at_sampled_steps_of_new_and_remove(peft_tree: Path, scratch: Path, states: dict[str, object]) -> None:
     """A few steps of each: after the journal is written (rolled back), in the middle of the renames (rolled back),
     in the clean-up after the commit point (finished). Every step: the slow test below."""
     new_steps, remove_steps = states["new_steps"], states["remove_steps"]
     assert new_steps >= 30 and remove_steps >= 20  # type: ignore[operator]  # journal, temps, renames, clean-up
     for n in (3, (2 * new_steps) // 3, new_steps - 1):  # type: ignore[operator]
-        check_kill_during_new(peft_tree, tmp_path / "work", n, states)
+        check_kill_during_new(peft_tree, scratch / "work", n, states)
     for n in ((2 * remove_steps) // 3, remove_steps - 1):  # type: ignore[operator]
-        check_kill_during_remove(tmp_path / "work", n, states)
+        check_kill_during_remove(scratch / "work", n, states)
 
 
 @pytest.mark.slow
-def test_kill_at_every_step_of_new_and_remove(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
+def test_kill_at_every_step_of_new_and_remove(peft_tree: Path, scratch: Path, states: dict[str, object]) -> None:
     # The follow-up in the other direction is checked at the sampled steps above; here one run after each kill.
     for n in range(1, states["new_steps"] + 1):  # type: ignore[operator]
-        check_kill_during_new(peft_tree, tmp_path / "work", n, states, both=False)
+        check_kill_during_new(peft_tree, scratch / "work", n, states, both=False)
     for n in range(1, states["remove_steps"] + 1):  # type: ignore[operator]
-        check_kill_during_remove(tmp_path / "work", n, states, both=False)
+        check_kill_during_remove(scratch / "work", n, states, both=False)
 
 
 def test_kill_during_recovery_then_recover_again(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
