@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,28 @@ def snapshot_tree(root: Path) -> dict[str, tuple[str, int]]:
 @pytest.fixture
 def snapshot() -> Callable[[Path], dict[str, tuple[str, int]]]:
     return snapshot_tree
+
+
+@contextmanager
+def memoized_cst_parse(maxsize: int | None = None) -> Iterator[Any]:
+    """Within the block, `scaffold.register._cst.parse` keeps the last `maxsize` modules it parsed (None: all of
+    them; its own cache keeps 16).
+
+    For tests that run `new`/`remove` on the same PEFT texts many times (killed at every step, or with hundreds of
+    generated specs): every run parses the same ~30 texts (registry files, statements of PEFT's test modules), and
+    parsing is half of `remove`'s time. libcst trees are immutable and the parse is a pure function of the text, so
+    a run sees exactly what it would see without the cache (a text that is not valid Python raises every time);
+    runs forked from the test process inherit what it has parsed so far. Yields the cached function
+    (`cache_info()`)."""
+    from scaffold.register import _cst
+
+    parse = _cst.parse
+    cached = functools.lru_cache(maxsize=maxsize)(parse)
+    _cst.parse = cached
+    try:
+        yield cached
+    finally:
+        _cst.parse = parse
 
 
 def cloned_tuner_files(root: Path, source: str, name: str, source_camel: str, camel: str) -> dict[str, str]:
@@ -276,3 +300,20 @@ def install_fake_method(root: Path, source: str = "supertuning") -> tuple[Method
     spec = _FAKE_METHODS[source]
     files = clone_tuner(root, source, spec["name"], spec["source_camel"], spec["camel"])
     return fake_registration(source), files
+
+
+def register_fake_method(root: Path, source: str = "supertuning") -> MethodRegistration:
+    """Write the stand-in method cloned from `source` into the tree at `root` and register it there with the
+    registrar alone (no generator): the registry edits and the manifest, applied. Returns its registration."""
+    from scaffold.changeset import ChangeSet
+    from tests.tuner_api import detect_peft_tree, plan_registration, write_manifest
+
+    reg, files = fake_method_files(root, source)
+    tree = detect_peft_tree(root)
+    changeset = ChangeSet(root)
+    for rel, text in files.items():
+        changeset.write(rel, text)
+    plan_registration(changeset, tree, reg)
+    write_manifest(changeset, tree, reg, files, spec_hash="suite")
+    changeset.apply()
+    return reg

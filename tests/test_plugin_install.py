@@ -85,9 +85,26 @@ def venv(tmp_path_factory) -> dict[str, str]:
     env.update(
         PATH=f"{root / 'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(root), PIP_DISABLE_PIP_VERSION_CHECK="1"
     )
+    # pip compiles every module it installs to bytecode by default: half of installing torch's CPU time, and most of
+    # it for modules these tests never import (Python compiles what they do import, once, on first import)
+    env["PIP_NO_COMPILE"] = "1"
     _run(["pip", "install", "-q", TORCH], env=env, cwd=root)
     _run(["pip", "install", "-q", f"peft=={PEFT}"], env=env, cwd=root)
+    _PEFT_IN[env["VIRTUAL_ENV"]] = PEFT
     return env
+
+
+# The PEFT release installed in each environment (only `_use_peft` swaps it): a test asks for the release it needs
+# rather than restoring the default after itself, so a run of these tests swaps PEFT once per release, not twice.
+_PEFT_IN: dict[str, str] = {}
+
+
+def _use_peft(env: dict[str, str], version: str, cwd: Path) -> None:
+    if _PEFT_IN[env["VIRTUAL_ENV"]] != version:
+        # peft's own requirements are the same across these releases: swap the package alone
+        _PEFT_IN[env["VIRTUAL_ENV"]] = "?"  # unknown until pip is done
+        _run(["pip", "install", "-q", "--no-deps", f"peft=={version}"], env=env, cwd=cwd)
+        _PEFT_IN[env["VIRTUAL_ENV"]] = version
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +136,7 @@ def _round_trip(venv: dict[str, str], tmp: Path) -> dict:
 
 def test_readme_commands_and_round_trip_with_peft_from_pypi(installed, plugin, tmp_path):
     venv = installed
+    _use_peft(venv, PEFT, tmp_path)
     readme = (plugin / "README.md").read_text()
     _, development = _readme_blocks(readme, "bash")
     (usage,) = _readme_blocks(readme, "python")
@@ -143,36 +161,29 @@ def test_readme_commands_and_round_trip_with_peft_from_pypi(installed, plugin, t
 @pytest.mark.parametrize("version", [v for v in PEFT_TESTED if v != PEFT])
 def test_other_declared_peft_versions(installed, plugin, tmp_path, version):
     venv = installed
-    # peft's own requirements are the same across these releases: swap the package alone
-    _run(["pip", "install", "-q", "--no-deps", f"peft=={version}"], env=venv, cwd=tmp_path)
-    try:
-        installed = _run(["python", "-c", "import peft; print(peft.__version__)"], env=venv, cwd=tmp_path)
-        assert installed.strip() == version
-        output = _run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], env=venv, cwd=plugin)
-        assert " failed" not in output and re.search(r"\d+ passed", output), output[-2000:]
-        result = _round_trip(venv, tmp_path)
-        assert result["effect"] > 1e-2 and result["reload_diff"] == 0.0
-    finally:
-        _run(["pip", "install", "-q", "--no-deps", f"peft=={PEFT}"], env=venv, cwd=tmp_path)
+    _use_peft(venv, version, tmp_path)
+    installed = _run(["python", "-c", "import peft; print(peft.__version__)"], env=venv, cwd=tmp_path)
+    assert installed.strip() == version
+    output = _run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], env=venv, cwd=plugin)
+    assert " failed" not in output and re.search(r"\d+ passed", output), output[-2000:]
+    result = _round_trip(venv, tmp_path)
+    assert result["effect"] > 1e-2 and result["reload_diff"] == 0.0
 
 
 def test_a_peft_outside_the_declared_range_is_refused_on_import(installed, tmp_path):
     venv = installed
-    _run(["pip", "install", "-q", "--no-deps", f"peft=={PEFT_TOO_OLD}"], env=venv, cwd=tmp_path)
-    try:
-        proc = subprocess.run(
-            ["python", "-c", "import peft_reflora"],
-            env=venv,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 1
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last == (
-            f"ImportError: peft-reflora supports peft>=0.19,<0.22, but peft {PEFT_TOO_OLD} is installed: "
-            "pip install 'peft>=0.19,<0.22'"
-        )
-    finally:
-        _run(["pip", "install", "-q", "--no-deps", f"peft=={PEFT}"], env=venv, cwd=tmp_path)
+    _use_peft(venv, PEFT_TOO_OLD, tmp_path)
+    proc = subprocess.run(
+        ["python", "-c", "import peft_reflora"],
+        env=venv,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"ImportError: peft-reflora supports peft>=0.19,<0.22, but peft {PEFT_TOO_OLD} is installed: "
+        "pip install 'peft>=0.19,<0.22'"
+    )

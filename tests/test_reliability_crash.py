@@ -3,8 +3,8 @@
 A run is killed with a real SIGKILL just before its Nth file-system step (PEFT_SCAFFOLD_FAULT_AT=N); then the next
 `new` must leave exactly the tree a clean run leaves, and the next `remove` exactly the pristine tree, byte for byte
 (modes included, no temporary or backup file). The runs are forked from the test process (the CLI's code is
-already imported there, so a run costs its work, not an interpreter start); one test goes through the real
-entry point in a fresh interpreter.
+already imported there, and the PEFT texts every run parses are parsed there once, so a run costs its own work,
+not an interpreter start nor libcst's parsing); one test goes through the real entry point in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import scaffold.cli
 import scaffold.core.generate
@@ -27,7 +30,8 @@ import scaffold.pipeline
 import scaffold.register.transforms
 import scaffold.render.format  # noqa: F401  # imported before forking: children run warm, and as the parent
 from scaffold import journal
-from tests.conftest import snapshot_tree
+from scaffold.peft_source import copy_peft_tree
+from tests.conftest import memoized_cst_parse, snapshot_tree
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,19 +85,51 @@ def remove_args(tree: Path, name: str = "reflora") -> list[str]:
     return ["remove", name, "--peft-root", str(tree)]
 
 
-@pytest.fixture
-def states(peft_tree: Path, tmp_path: Path) -> dict[str, object]:
-    """The pristine tree, the tree after a clean `new`, and how many steps each command takes."""
-    pristine = snapshot_tree(peft_tree)
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the kill loops keep their trees: a RAM-backed directory (/dev/shm) when there is one. A SIGKILL leaves
+    the tree as the kernel's page cache has it on any file system (an fsync matters only for a power cut, which
+    these tests do not simulate), and on a disk the journal's fsyncs took most of the loops' time (measured: 4
+    killed `remove` runs and their follow-ups, 28 s on /tmp, 5-11 s on /dev/shm)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 1 << 30:
+        path = Path(tempfile.mkdtemp(prefix="peft-scaffold-crash-", dir=shm))
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("scratch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def parsed_once(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A clean `new` and `remove` in this process, on a tree of its own, with `memoized_cst_parse`: every run forked
+    afterwards starts with the texts it reads already parsed (the pristine and the generated registry files)."""
+    with memoized_cst_parse() as parse:
+        tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("parsed-once") / "peft")
+        for args in (new_args(tree), remove_args(tree)):
+            result = CliRunner().invoke(scaffold.cli.app, args)
+            assert result.exit_code == 0, result.output
+        assert parse.cache_info().currsize > 0
+        yield
+
+
+@pytest.fixture(scope="module")
+def states(peft_sdist: Path, scratch: Path, parsed_once: None) -> dict[str, object]:
+    """The pristine tree, the tree after a clean `new`, and how many steps each command takes (the same for every
+    fresh copy of the sdist: the tests compare their own `peft_tree` copies with these snapshots)."""
+    tmp_path = scratch / "states"
+    tmp_path.mkdir()
+    tree = copy_peft_tree(peft_sdist, tmp_path / "peft")
+    pristine = snapshot_tree(tree)
     log = tmp_path / "steps-new.log"
-    assert fork_cli(new_args(peft_tree), log=log)[0] == 0
-    generated = snapshot_tree(peft_tree)
+    assert fork_cli(new_args(tree), log=log)[0] == 0
+    generated = snapshot_tree(tree)
     generated_copy = tmp_path / "generated"
-    shutil.copytree(peft_tree, generated_copy, symlinks=True)
+    shutil.copytree(tree, generated_copy, symlinks=True)
     new_steps = len(log.read_text().splitlines())
     log = tmp_path / "steps-remove.log"
-    assert fork_cli(remove_args(peft_tree), log=log)[0] == 0
-    assert snapshot_tree(peft_tree) == pristine
+    assert fork_cli(remove_args(tree), log=log)[0] == 0
+    assert snapshot_tree(tree) == pristine
     remove_steps = len(log.read_text().splitlines())
     assert snapshot_tree(generated_copy) == generated
     return {
@@ -138,24 +174,24 @@ def check_kill_during_remove(work: Path, n: int, states: dict[str, object], *, b
     assert snapshot_tree(work) == states["generated"], f"new after a kill at step {n} of remove"
 
 
-def test_kill_at_sampled_steps_of_new_and_remove(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
+def test_kill_at_sampled_steps_of_new_and_remove(peft_tree: Path, scratch: Path, states: dict[str, object]) -> None:
     """A few steps of each: after the journal is written (rolled back), in the middle of the renames (rolled back),
     in the clean-up after the commit point (finished). Every step: the slow test below."""
     new_steps, remove_steps = states["new_steps"], states["remove_steps"]
     assert new_steps >= 30 and remove_steps >= 20  # type: ignore[operator]  # journal, temps, renames, clean-up
     for n in (3, (2 * new_steps) // 3, new_steps - 1):  # type: ignore[operator]
-        check_kill_during_new(peft_tree, tmp_path / "work", n, states)
+        check_kill_during_new(peft_tree, scratch / "work", n, states)
     for n in ((2 * remove_steps) // 3, remove_steps - 1):  # type: ignore[operator]
-        check_kill_during_remove(tmp_path / "work", n, states)
+        check_kill_during_remove(scratch / "work", n, states)
 
 
 @pytest.mark.slow
-def test_kill_at_every_step_of_new_and_remove(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:
+def test_kill_at_every_step_of_new_and_remove(peft_tree: Path, scratch: Path, states: dict[str, object]) -> None:
     # The follow-up in the other direction is checked at the sampled steps above; here one run after each kill.
     for n in range(1, states["new_steps"] + 1):  # type: ignore[operator]
-        check_kill_during_new(peft_tree, tmp_path / "work", n, states, both=False)
+        check_kill_during_new(peft_tree, scratch / "work", n, states, both=False)
     for n in range(1, states["remove_steps"] + 1):  # type: ignore[operator]
-        check_kill_during_remove(tmp_path / "work", n, states, both=False)
+        check_kill_during_remove(scratch / "work", n, states, both=False)
 
 
 def test_kill_during_recovery_then_recover_again(peft_tree: Path, tmp_path: Path, states: dict[str, object]) -> None:

@@ -115,7 +115,9 @@ def test_verify_names_the_failing_check_of_a_broken_spec(verify_tree, name):
 def test_verify_runs_the_generated_tests_and_linters_green_on_the_reference_lora(verify_tree):
     """Probe, generated tests, ruff + mypy. (PEFT's own rows for reflora take minutes on 2 cores and run in
     tests/test_in_tree.py; `demo` runs them through verify.)"""
-    code, report = _verify(str(LORA), "--peft-root", str(verify_tree), "--skip-peft-tests")
+    # one pytest process: a second xdist worker imports torch and peft again for ~30 tests (the suite's own workers
+    # keep the cores busy anyway)
+    code, report = _verify(str(LORA), "--peft-root", str(verify_tree), "--skip-peft-tests", "--workers", "1")
     assert code == 0, report["failures"]
     stages = report["stages"]
     assert [name for name, stage in stages.items() if stage["skipped"]] == [
@@ -168,6 +170,24 @@ def test_test_failures_are_grouped_by_test_name_with_a_hint(tmp_path):
     assert groups["test_merge_layers"].where == ["b", "c"]
     assert groups["test_merge_layers"].hint == TEST_HINTS["test_merge"]
     assert "boom happened" in groups["test_other"].hint  # no known hint: the failure's own first line
+
+    # every case's outcome, by id, and the counts of a share of the run (tests/test_in_tree.py: one run, many methods)
+    assert counts.outcomes == {
+        "tests.test_fake::test_merge_layers[a]": "passed",
+        "tests.test_fake::test_merge_layers[b]": "failed",
+        "tests.test_fake::test_merge_layers[c]": "failed",
+        "tests.test_fake::test_other": "failed",
+        "tests.test_fake::test_fine": "passed",
+    }
+    merge = counts.subset(lambda test_id: "merge_layers" in test_id)
+    assert (merge.passed, merge.failed, merge.errors, merge.skipped) == (1, 2, 0, 0)
+    assert [name for name, _ in merge.failures] == ["test_merge_layers[b]", "test_merge_layers[c]"]
+    assert counts.subset(lambda test_id: test_id.endswith("test_fine")).as_dict() == {
+        "passed": 1,
+        "failed": 0,
+        "errors": 0,
+        "skipped": 0,
+    }
 
 
 def test_verify_itself_imports_no_torch():
