@@ -317,3 +317,10 @@ def register_fake_method(root: Path, source: str = "supertuning") -> MethodRegis
     write_manifest(changeset, tree, reg, files, spec_hash="suite")
     changeset.apply()
     return reg
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow (end-to-end) cases first, in their collected order: xdist hands the first tests out to the workers in
+    turn, so the long PEFT-matrix runs start early on both workers instead of leaving one worker alone at the end.
+    The order is deterministic, as xdist requires every worker to collect the same list."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
