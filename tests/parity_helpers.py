@@ -97,6 +97,58 @@ def generate_into_tree(tree: Path, spec: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# pytest side of a parity file: one tree, one script run, one report checked case by case
+
+
+def parity_report_in_fresh_tree(
+    script: Path, specs: Iterable[Path], peft_sdist: Path, workdir: Path, *, what: str, marker: str
+) -> dict[str, Any]:
+    """Copy the PEFT sdist to `workdir/peft`, generate every spec into it, and run `script` there (see
+    `run_script_in_tree`): the report of a parity file's module-scoped fixture."""
+    from scaffold.peft_source import copy_peft_tree
+
+    tree = copy_peft_tree(peft_sdist, workdir / "peft")
+    for spec in specs:
+        generate_into_tree(tree, spec)
+    return run_script_in_tree(script, tree, marker, what=what)
+
+
+def assert_every_case_ran(report: Mapping[str, Any], case_names: Iterable[str]) -> None:
+    errors = report["errors"]
+    assert not errors, "cases raised:\n" + "\n".join(f"--- {case}\n{tb}" for case, tb in errors.items())
+    assert sorted(report["cases"]) == sorted(case_names)
+
+
+def case_result(report: Mapping[str, Any], case: str) -> dict[str, Any]:
+    """The measurements of `case`; a case that raised fails the test with its traceback."""
+    import pytest
+
+    if case in report["errors"]:
+        pytest.fail(f"{case} raised:\n{report['errors'][case]}")
+    return dict(report["cases"][case])
+
+
+def assert_close_with_effect(
+    case: str,
+    result: Mapping[str, Any],
+    diffs: Iterable[str],
+    effects: Iterable[str],
+    *,
+    tolerance: float,
+    min_effect: float,
+) -> None:
+    """Every difference in `diffs` is within `tolerance` and every effect in `effects` above `min_effect` (so a
+    no-op adapter cannot pass by comparing nothing with nothing); all of them were measured."""
+    diffs, effects = tuple(diffs), tuple(effects)
+    missing = [key for key in diffs + effects if key not in result]
+    assert not missing, f"{case}: quantities not measured: {missing}"
+    too_far = {key: result[key] for key in diffs if not result[key] <= tolerance}
+    assert not too_far, f"{case}: the generated method differs from PEFT's by more than {tolerance}: {too_far}"
+    too_small = {key: result[key] for key in effects if not result[key] > min_effect}
+    assert not too_small, f"{case}: the adapter barely changes the model (vacuous comparison): {too_small}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Running the comparison
 
 
