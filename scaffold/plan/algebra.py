@@ -320,6 +320,10 @@ def bias_scaling(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) 
     """
     if form.composition == "additive":
         raise CompositionError("merge_bias", "applies to a scaling `merge`; an additive update uses `delta_bias`")
+    if form.composition == "input_matrix":
+        raise CompositionError("merge_bias", "`merge` multiplies the input, which leaves the bias alone: remove it")
+    if form.composition == "output_matrix":
+        return _bias_rotation(merge_bias, unmerge_bias, form)
     if form.composition == "input":
         raise CompositionError("merge_bias", "`merge` scales the input, which leaves the bias alone: remove it")
     branches = form.branches if form.composition == "selected" else [(None, form)]
@@ -358,6 +362,48 @@ def bias_scaling(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) 
     if len(scaled) > 1:
         raise CompositionError("merge_bias", "must scale the bias on every output-scaling branch or on none")
     return scaled == {True}
+
+
+def _bias_rotation(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm) -> bool:
+    """An output-side matrix merge `M @ weight`: the bias is left alone (`bias`) or multiplied by the same matrix
+    (`M @ bias`), undone like the weight (`torch.linalg.inv(M) @ bias`, or `M.T @ bias` when `unmerge` uses `M.T`);
+    whether it is multiplied."""
+    assert form.scale is not None
+    shown = ast.unparse(form.scale)
+    if _is_name(merge_bias, "bias"):
+        if not _is_name(unmerge_bias, "bias"):
+            raise CompositionError("unmerge_bias", "must leave the bias alone where `merge_bias` does (`bias`)")
+        return False
+    if not (
+        isinstance(merge_bias, ast.BinOp)
+        and isinstance(merge_bias.op, ast.MatMult)
+        and _is_name(merge_bias.right, "bias")
+        and ast.dump(merge_bias.left) == ast.dump(form.scale)
+    ):
+        raise CompositionError("merge_bias", f"must be `bias` or `{shown} @ bias` (the bias multiplied like the weight)")
+    expected = f"torch.linalg.inv({shown}) @ bias" if form.inverse == "inv" else f"{shown}.T @ bias"
+    undo = unmerge_bias
+    ok = isinstance(undo, ast.BinOp) and isinstance(undo.op, ast.MatMult) and _is_name(undo.right, "bias")
+    if ok:
+        assert isinstance(undo, ast.BinOp)
+        inverse = undo.left
+        if form.inverse == "inv":
+            ok = (
+                isinstance(inverse, ast.Call)
+                and ast.unparse(inverse.func) == "torch.linalg.inv"
+                and len(inverse.args) == 1
+                and not inverse.keywords
+                and ast.dump(inverse.args[0]) == ast.dump(form.scale)
+            )
+        else:
+            ok = (
+                isinstance(inverse, ast.Attribute)
+                and inverse.attr in ("T", "mT")
+                and ast.dump(inverse.value) == ast.dump(form.scale)
+            )
+    if not ok:
+        raise CompositionError("unmerge_bias", f"must undo `merge_bias` as `unmerge` undoes `merge`: `{expected}`")
+    return True
 
 
 def _bias_scaled(node: ast.expr, op: type[ast.operator], scale: ast.expr) -> bool:

@@ -251,6 +251,7 @@ class MethodPlan:
     input_condition_update: str | None = None
     input_flags: list[str] = field(default_factory=list)  # the flags that condition reads
     scales_bias: bool = False  # `merge_bias` scales the bias with the output (the forward scales the whole output)
+    matrix_inverse: str | None = None  # a matrix merge: how `unmerge` inverts the matrix (`inv` or `transpose`)
     delta_bias: BiasPlan | None = None  # an additive bias update
     imports_math: bool = False
     imports_functional: bool = False
@@ -483,6 +484,7 @@ class _Planner:
             input_condition_update=self.condition_code(condition, self.update_layer_names()) if condition else None,
             input_flags=sorted(_names_in(condition) & set(self.flags)) if condition else [],
             scales_bias=scales_bias,
+            matrix_inverse=form.inverse,
             delta_bias=bias_plan,
             computed_reads_weight=self.computed_reads_weight,
             mergeable=spec.mergeable,
