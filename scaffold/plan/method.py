@@ -31,7 +31,7 @@ from scaffold.spec.expressions import (
     uses_fft,
     with_creation_kwargs,
 )
-from scaffold.spec.model import Hyperparameter, InitCall, InitExpr, MethodSpec, Weight, tensor_value
+from scaffold.spec.model import RANDOM_DRAWS, Hyperparameter, InitCall, InitExpr, MethodSpec, Weight, tensor_value
 
 
 _PY_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "enum": "str"}
@@ -751,7 +751,10 @@ class _Planner:
                 attr=attr,
                 shape_code=shape_code,
                 init_lines=[],
-                random_init_lines=[],
+                # a drawing init expression (HRA's paired columns) may be replaced by a plain draw
+                random_init_lines=self.init_lines(f"weights.{name}.random_init", weight.random_init, target, ndim)
+                if weight.random_init is not None
+                else [],
                 init_by_class={},
                 trainable=weight.trainable,
                 ndim=ndim,
@@ -784,9 +787,12 @@ class _Planner:
         """The code of an `init: {expr}`, evaluated once in update_layer (names: config values, derived locals,
         dims, `weight`); `randperm(n, seed=s)` becomes torch's seeded permutation."""
         where = f"weights.{name}.init.expr"
-        expr = self.parse(where, text, self.scalar_names() | {"weight"}, {"randperm"})
+        expr = self.parse(where, text, self.scalar_names() | {"weight"}, {"randperm", *RANDOM_DRAWS})
         tree = copy.deepcopy(expr.tree)
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in RANDOM_DRAWS:
+                self.random_draw(where, node)
+                continue
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "randperm":
                 seed = [kw.value for kw in node.keywords if kw.arg == "seed"]
                 if len(node.args) + len(seed) != 2 or len(node.keywords) != len(seed) or len(node.args) > 2:
@@ -807,6 +813,20 @@ class _Planner:
         if "weight" in expr.names or ast.unparse(expr.tree) != ast.unparse(tree):
             self.computed_reads_weight = True
         return render(expr, self.update_layer_names(), _SCALAR_MATH)
+
+    def random_draw(self, where: str, node: ast.Call) -> None:
+        """`kaiming_uniform(rows, cols, a=...)` -> `nn.init.kaiming_uniform_(torch.empty(rows, cols), a=...)`, in
+        place: a new fp32 CPU tensor drawn from torch's global RNG, as PEFT's own inits draw (HRA's half_u)."""
+        assert isinstance(node.func, ast.Name)
+        name = node.func.id
+        allowed = RANDOM_DRAWS[name]
+        wrong = [kw.arg for kw in node.keywords if kw.arg not in allowed]
+        if not node.args or wrong:
+            args = ", ".join(f"{a}=..." for a in allowed)
+            raise self.fail(where, f"`{name}` takes the shape and keywords: `{name}(rows, cols, {args})`")
+        empty = ast.Call(func=ast.parse("torch.empty", mode="eval").body, args=node.args, keywords=[])
+        node.func = ast.parse(f"nn.init.{name}_", mode="eval").body
+        node.args = [empty]
 
     def init_overrides(self, name: str, weight: Weight, target: str, ndim: int) -> dict[str, list[str]]:
         overrides = {}

@@ -27,6 +27,8 @@ TORCH_FUNCTIONS = frozenset(
         "gather", "index_select", "scatter", "scatter_add", "sort", "take", "topk", "unravel_index", "argsort", "full",
         # linear algebra and structured matrices (OFT, HRA): triangles, their indices, ranges
         "arange", "tril", "tril_indices", "triu", "triu_indices",
+        # paired columns (HRA's symmetric init)
+        "repeat_interleave",
     }
 )  # fmt: skip
 # Calls that create a float tensor from sizes: the generated code gives them the dtype and device of the adapter's
@@ -58,6 +60,7 @@ TENSOR_METHODS = frozenset(
         "dtype", "device", "to", "numel", "size",
         # index tensors and complex results (FFT)
         "gather", "index_add", "index_put", "index_select", "scatter", "scatter_add", "take", "long", "real", "imag",
+        "repeat_interleave",
     }
 )  # fmt: skip
 # Plain Python math allowed in scalar expressions (derived values, shapes, init arguments).

@@ -7,6 +7,7 @@ Cross-field meaning, such as which names an expression may use, is checked when 
 
 from __future__ import annotations
 
+import ast
 import keyword
 import math
 import re
@@ -222,6 +223,22 @@ class InitCall(_Strict):
 Init = InitName | InitCall
 
 
+# Random draws an init expression may make, named like the initialisers: `kaiming_uniform(*shape, a=...)`,
+# `normal(*shape, mean=..., std=...)`; each draws a new fp32 tensor from torch's global RNG (as nn.init does).
+RANDOM_DRAWS = {"kaiming_uniform": ("a",), "normal": ("mean", "std")}
+
+
+def draws_randomly(source: str) -> bool:
+    """Whether an init expression calls one of the random draws (then `random_init` may replace it)."""
+    try:
+        tree = ast.parse(str(source), mode="eval")
+    except SyntaxError:
+        return False
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in RANDOM_DRAWS for n in ast.walk(tree)
+    )
+
+
 class InitExpr(_Strict):
     """A tensor computed once, when the adapter is created, e.g. `{expr: "torch.linalg.norm(weight, dim=0)"}`:
     a tensor expression over the base weight (`weight`, canonical view), hyperparameters, derived values and dims,
@@ -284,7 +301,8 @@ class Weight(_Strict):
     @model_validator(mode="after")
     def _check_computed(self) -> Weight:
         computed = isinstance(self.init, InitExpr)
-        if computed and self.random_init is not None:
+        if computed and self.random_init is not None and not draws_randomly(self.init.expr):
+            # a drawing one (HRA's paired init) may be replaced by a plain draw with init_weights=False
             raise FieldError("random_init", "an init expression is used whatever `init_weights` is; remove this")
         if computed and self.init_by_layer:
             raise FieldError("init_by_layer", "an init expression already sees the layer (its dims, `weight`)")

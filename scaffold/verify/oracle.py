@@ -44,7 +44,7 @@ from scaffold.spec.expressions import (
     Expression,
     parse_expression,
 )
-from scaffold.spec.model import InitExpr, MethodSpec, tensor_value
+from scaffold.spec.model import InitExpr, MethodSpec, draws_randomly, tensor_value
 
 
 class OracleUnsupported(Exception):
@@ -441,7 +441,8 @@ class Oracle:
             self._exprs[f"derived.{name}"] = parse_expression(source, names=scalar_names, tensor=False)
             scalar_names.add(name)
         for name, weight in spec.weights.items():
-            if isinstance(weight.init, InitExpr):
+            # a random draw (HRA's paired init) cannot be recomputed: its value is the adapter's, like a drawn weight's
+            if isinstance(weight.init, InitExpr) and not draws_randomly(weight.init.expr):
                 self._exprs[f"init.{name}"] = parse_expression(
                     weight.init.expr, names=scalar_names | {"weight"}, functions={"randperm"}
                 )
