@@ -386,6 +386,8 @@ def test_every_tuner_spec_is_covered():
     assert {"delora.yaml", "fourierft.yaml", "sparsemask.yaml", "svdbasis.yaml"} <= names
     # a method that cannot be merged (its forward only)
     assert "bottleneck.yaml" in names
+    # a matrix merge rotating the bias (RoAd, and an unseen one); an init expression with paired random draws (HRA)
+    assert {"road.yaml", "biasrot.yaml", "pairedrefl.yaml"} <= names
     assert len(CASES) >= 4 * len(ORACLE_CHECKS)
 
 

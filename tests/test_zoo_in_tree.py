@@ -44,6 +44,8 @@ SPECS = [
     REPO / "tests" / "specs" / "exprot.yaml",
     # non-mergeable: PEFT's merge tests must skip it (the test_merge_skip site), everything else runs on its rows
     REPO / "tests" / "specs" / "bottleneck.yaml",
+    # RoAd (road_1): an output-side matrix merge that rotates the bias too (`merge_bias: M @ bias`)
+    REPO / "reference_methods" / "road.yaml",
 ]
 # Need the Hub, so they fail offline for every method (PEFT's own tests, not ours).
 OFFLINE_DESELECT = "not from_pretrained and not runtime_config"
@@ -74,8 +76,9 @@ def test_peft_own_matrix_passes(zoo_tree: Path) -> None:
     # each method's rows (MLP, Conv1d, Conv2d, two adapters) really ran through PEFT's custom-model matrix: about
     # 280 tests pass per method with three layer types, fewer for Linear-only methods (DeLoRA, C3A), RefOFT (Linear
     # and Conv2d) and bottleneck (about 210: PEFT skips its ~90 merge tests), most of them PEFT's per-config-class
-    # tests; a matrix that collected few of the rows falls short
-    assert custom.passed > 200 * len(plans), custom.output_tail
+    # tests; a matrix that collected few of the rows falls short. RefRoad (Linear only, as PEFT's RoAd) passes 175 on
+    # its own: allow it that
+    assert custom.passed > 200 * len(plans) - 25, custom.output_tail
 
     configs = " or ".join(p.config_cls for p in plans)
     config = run_pytest(zoo_tree, ["tests/test_config.py", "-k", f"({configs}) and {OFFLINE_DESELECT}"])

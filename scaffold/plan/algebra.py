@@ -380,7 +380,9 @@ def _bias_rotation(merge_bias: ast.expr, unmerge_bias: ast.expr, form: MergeForm
         and _is_name(merge_bias.right, "bias")
         and ast.dump(merge_bias.left) == ast.dump(form.scale)
     ):
-        raise CompositionError("merge_bias", f"must be `bias` or `{shown} @ bias` (the bias multiplied like the weight)")
+        raise CompositionError(
+            "merge_bias", f"must be `bias` or `{shown} @ bias` (the bias multiplied like the weight)"
+        )
     expected = f"torch.linalg.inv({shown}) @ bias" if form.inverse == "inv" else f"{shown}.T @ bias"
     undo = unmerge_bias
     ok = isinstance(undo, ast.BinOp) and isinstance(undo.op, ast.MatMult) and _is_name(undo.right, "bias")

@@ -301,7 +301,7 @@ class Weight(_Strict):
     @model_validator(mode="after")
     def _check_computed(self) -> Weight:
         computed = isinstance(self.init, InitExpr)
-        if computed and self.random_init is not None and not draws_randomly(self.init.expr):
+        if isinstance(self.init, InitExpr) and self.random_init is not None and not draws_randomly(self.init.expr):
             # a drawing one (HRA's paired init) may be replaced by a plain draw with init_weights=False
             raise FieldError("random_init", "an init expression is used whatever `init_weights` is; remove this")
         if computed and self.init_by_layer:
