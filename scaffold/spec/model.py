@@ -242,7 +242,8 @@ def draws_randomly(source: str) -> bool:
 class InitExpr(_Strict):
     """A tensor computed once, when the adapter is created, e.g. `{expr: "torch.linalg.norm(weight, dim=0)"}`:
     a tensor expression over the base weight (`weight`, canonical view), hyperparameters, derived values and dims,
-    which may call `randperm(n, seed=...)` (a seeded permutation, for index buffers)."""
+    which may call `randperm(n, seed=...)` (a seeded permutation, for index buffers) and the random draws
+    `kaiming_uniform(*shape, a=...)` / `normal(*shape, mean=..., std=...)` (then `random_init` may replace it)."""
 
     expr: str = Field(description="tensor expression evaluated once in update_layer")
 
