@@ -58,37 +58,29 @@ SINGLE_ONLY_EFFECT_KEYS = ("effect_grad",)
 
 @pytest.fixture(scope="module")
 def parity_report(peft_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from scaffold.peft_source import copy_peft_tree
-    from tests.parity_helpers import generate_into_tree, run_script_in_tree
+    from tests.parity_helpers import parity_report_in_fresh_tree
 
-    tree = copy_peft_tree(peft_sdist, tmp_path_factory.mktemp("zoo-parity-road") / "peft")
-    generate_into_tree(tree, SPEC)
-    return run_script_in_tree(Path(__file__), tree, JSON_MARKER, what="RoAd parity script")
+    workdir = tmp_path_factory.mktemp("zoo-parity-road")
+    return parity_report_in_fresh_tree(
+        Path(__file__), [SPEC], peft_sdist, workdir, what="RoAd parity script", marker=JSON_MARKER
+    )
 
 
 def test_every_case_ran(parity_report: dict[str, Any]) -> None:
-    errors = parity_report["errors"]
-    assert not errors, "cases raised:\n" + "\n".join(f"--- {case}\n{tb}" for case, tb in errors.items())
-    assert sorted(parity_report["cases"]) == sorted(CASE_NAMES)
+    from tests.parity_helpers import assert_every_case_ran
+
+    assert_every_case_ran(parity_report, CASE_NAMES)
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_reference_spec_matches_peft(parity_report: dict[str, Any], case: str) -> None:
-    if case in parity_report["errors"]:
-        pytest.fail(f"{case} raised:\n{parity_report['errors'][case]}")
-    result = parity_report["cases"][case]
+    from tests.parity_helpers import assert_close_with_effect, case_result
 
+    result = case_result(parity_report, case)
     multi = case.endswith("/multi")
     expected = DIFF_KEYS + (MULTI_ONLY_DIFF_KEYS if multi else SINGLE_ONLY_DIFF_KEYS)
     effects = EFFECT_KEYS + (() if multi else SINGLE_ONLY_EFFECT_KEYS)
-    missing = [key for key in expected + effects if key not in result]
-    assert not missing, f"{case}: quantities not measured: {missing}"
-
-    too_far = {key: result[key] for key in expected if not result[key] <= TOLERANCE}
-    assert not too_far, f"{case}: the generated method differs from PEFT's by more than {TOLERANCE}: {too_far}"
-
-    too_small = {key: result[key] for key in effects if not result[key] > MIN_EFFECT}
-    assert not too_small, f"{case}: the adapter barely changes the model (vacuous comparison): {too_small}"
+    assert_close_with_effect(case, result, expected, effects, tolerance=TOLERANCE, min_effect=MIN_EFFECT)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
