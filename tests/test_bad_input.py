@@ -123,7 +123,9 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "shared-trainable-and-frozen",
         _all(
-            _set("weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True}),
+            _set(
+                "weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True}
+            ),
             _set("weights.P", {"shape": ["r", "in_features"], "init": "ones", "shared": True}),
         ),
         "weights.P.trainable",
@@ -132,7 +134,13 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "shared-trainable-random_init",
         _set(
             "weights.lora_B",
-            {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True, "random_init": "ones"},
+            {
+                "shape": ["out_features", "r"],
+                "init": "zeros",
+                "shared": True,
+                "trainable": True,
+                "random_init": "ones",
+            },
         ),
         "weights.lora_B.random_init",
     ),
