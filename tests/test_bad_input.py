@@ -121,9 +121,28 @@ SPEC_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "weights.lora_A.init_by_layer",
     ),
     (
-        "shared-trainable",
-        _set("weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True}),
-        "weights.lora_B.trainable",
+        "shared-trainable-and-frozen",
+        _all(
+            _set(
+                "weights.lora_B", {"shape": ["out_features", "r"], "init": "zeros", "shared": True, "trainable": True}
+            ),
+            _set("weights.P", {"shape": ["r", "in_features"], "init": "ones", "shared": True}),
+        ),
+        "weights.P.trainable",
+    ),
+    (
+        "shared-trainable-random_init",
+        _set(
+            "weights.lora_B",
+            {
+                "shape": ["out_features", "r"],
+                "init": "zeros",
+                "shared": True,
+                "trainable": True,
+                "random_init": "ones",
+            },
+        ),
+        "weights.lora_B.random_init",
     ),
     (
         "shared-random_init",

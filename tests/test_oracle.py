@@ -423,7 +423,7 @@ SHARED_SPECS = [
 
 @pytest.mark.slow
 def test_probe_checks_shared_weights_only_where_a_spec_has_them(oracle_report):
-    assert {spec.name for spec in SHARED_SPECS} >= {"vera.yaml", "sharedproj.yaml"}
+    assert {spec.name for spec in SHARED_SPECS} >= {"vera.yaml", "sharedproj.yaml", "bankmix.yaml"}
     for spec in TUNER_SPECS:
         layers = oracle_report[str(spec)]["layers"]
         results = [checks.get("shared_key") for checks in layers.values()]

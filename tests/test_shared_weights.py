@@ -132,3 +132,104 @@ def test_a_weight_named_into_the_method_prefix_is_refused():
     }
     with pytest.raises(ScaffoldError, match="contains the method's prefix"):
         build_plan(spec_from_data(data))
+
+
+BANKMIX = REPO / "tests" / "specs" / "bankmix.yaml"
+
+
+def test_a_trainable_shared_weight_is_one_parameter_of_the_model_named_in_the_prefix():
+    plan = build_plan(load_spec(BANKMIX))
+    weights = {w.name: w for w in plan.weights}
+    # inside the prefix, as VB-LoRA's vblora_vector_bank: PEFT trains and saves the method's parameters by it
+    assert weights["bank"].attr == "bankmix_bank" and weights["bank"].trainable and weights["bank"].shared
+    assert "bankmix_bank" in plan.adapter_layer_names and "bankmix_bank" not in plan.other_param_names
+    assert plan.shared_trainable and not plan.frozen_shared and plan.shared_container == "nn.ParameterDict"
+    # its own init from torch's global RNG (always saved: no key needed)
+    assert plan.shared_weights[0].init_line == "nn.init.uniform_(shared, a=-config.bank_bound, b=config.bank_bound)"
+
+    files = render_method(plan, layout=Layout.STANDALONE)
+    model = ast.parse(files["bankmix/model.py"])
+    hook = ast.unparse(_function(model, "BankmixModel", "_pre_injection_hook"))
+    assert "self.bankmix_bank = nn.ParameterDict({})" in hook
+    init = ast.unparse(_function(model, "BankmixModel", "_init_shared_weights"))
+    assert "generator" not in init and "projection_prng_key" not in init
+    saved = ast.unparse(_function(model, "BankmixModel", "_get_adapter_state_dict"))
+    assert "save_projection" not in saved and "to_return[f'base_model.{name}.{adapter_name}']" in saved
+    load = ast.unparse(_function(model, "BankmixModel", "_remap_adapter_state_dict_for_load"))
+    assert "peft_model_state_dict[key] = saved" in load  # the layers' references get the saved value
+    assert "save_projection" not in files["bankmix/config.py"]
+    assert "projection_prng_key" not in files["bankmix/config.py"]
+    layer = files["bankmix/layer.py"]
+    assert "self.bankmix_bank = nn.ParameterDict({})" in layer
+    assert 'self.bankmix_bank = shared_weights["bank"]' in layer
+    assert "shared_weights: Optional[dict[str, nn.ParameterDict]] = None," in layer
+    assert "BufferDict" not in files["bankmix/model.py"] and "BufferDict" not in layer
+    test = files["tests/test_bankmix.py"]
+    assert "def test_shared_weights_are_trained_once_and_saved_once" in test
+    assert "regenerated_from_the_key" not in test
+
+
+def test_a_trainable_shared_weight_gets_gradients_from_every_layer_and_one_optimizer_step(tmp_path, monkeypatch):
+    """The rendered model, imported against the installed PEFT: two layers, one bank, trained once per step."""
+    import importlib
+    import sys
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    plan = build_plan(load_spec(BANKMIX))
+    package = tmp_path / "bankmix"
+    for path, text in render_method(plan, layout=Layout.STANDALONE).items():
+        if path.startswith("bankmix/"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text)
+    # the modules only: registering the method needs a PEFT tree with its PeftType
+    (package / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config_module = importlib.import_module("bankmix.config")
+        model_module = importlib.import_module("bankmix.model")
+        monkeypatch.setattr(config_module, "PeftType", SimpleNamespace(BANKMIX="BANKMIX"))  # not registered
+        torch.manual_seed(0)
+        base = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 7))
+        config = config_module.BankmixConfig(target_modules=["0", "2"], init_weights=False)
+        tuner = model_module.BankmixModel(base, config, "default")
+        bank = tuner.bankmix_bank["default"]
+        layers = [tuner.model[0], tuner.model[2]]
+        assert all(layer.bankmix_bank is tuner.bankmix_bank for layer in layers)
+        x = torch.randn(3, 6)
+        grads = []
+        for layer in layers:  # each layer alone reaches the bank
+            bank.grad = None
+            out = layer(x if layer is layers[0] else torch.randn(3, 5))
+            out.pow(2).sum().backward()
+            assert bank.grad is not None and bank.grad.abs().sum() > 0
+            grads.append(bank.grad.clone())
+        trainable = [p for p in tuner.parameters() if p.requires_grad]
+        assert sum(p is bank for p in trainable) == 1
+        bank.grad = None
+        tuner(x).pow(2).sum().backward()
+        before = bank.detach().clone()
+        torch.optim.SGD(trainable, lr=0.5).step()
+        # one step: the bank moved by lr * its (summed) gradient, once
+        torch.testing.assert_close(bank.detach(), before - 0.5 * bank.grad)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [n for n in sys.modules if n == "bankmix" or n.startswith("bankmix.")]:
+            del sys.modules[name]
+
+
+def test_shared_weights_are_all_trainable_or_all_frozen():
+    data = {
+        "name": "mixedshare",
+        "hyperparameters": {"r": {"type": "int", "default": 4}},
+        "weights": {
+            "s": {"shape": ["out_features"], "init": "zeros"},
+            "P": {"shape": ["r", "in_features"], "init": "ones", "shared": True, "trainable": True},
+            "Q": {"shape": ["out_features", "r"], "init": "ones", "shared": True},
+        },
+        "delta_weight": "s[:, None] * (Q @ P)",
+    }
+    with pytest.raises(ScaffoldError, match=r"weights\.Q\.trainable.*all trainable or all frozen"):
+        build_plan(spec_from_data(data))

@@ -88,8 +88,9 @@ class SharedWeightPlan:
     name: str
     attr: str
     shape_code: list[str]  # in the model's `_find_shared_shapes`: one layer's need, from `in_features`/`out_features`
-    init_line: str  # initialises `shared` with `generator`
+    init_line: str  # initialises `shared` with `generator` (frozen) or torch's global RNG (trainable)
     dims: tuple[str, ...] = ()  # the layer dims its shape reads
+    trainable: bool = False  # a parameter trained through every layer (VB-LoRA's vector bank), always saved
 
 
 @dataclass
@@ -260,6 +261,22 @@ class MethodPlan:
     shared_weights: list[SharedWeightPlan] = field(default_factory=list)
     shared_imports_math: bool = False  # the model's shared-weight init uses `math`
     mergeable: bool = True  # False: merge / get_delta_weight raise (the forward is not a weight update)
+
+    @property
+    def shared_trainable(self) -> bool:
+        """Whether the shared weights are trainable (then all are: `check_shared`): an `nn.ParameterDict` on the model,
+        always saved, without the config's PRNG key and `save_projection`."""
+        return any(s.trainable for s in self.shared_weights)
+
+    @property
+    def frozen_shared(self) -> bool:
+        """Whether the method has frozen shared weights (drawn from the config's `projection_prng_key`)."""
+        return bool(self.shared_weights) and not self.shared_trainable
+
+    @property
+    def shared_container(self) -> str:
+        """The dict class holding shared weights, on the model and (as a reference) on every layer."""
+        return "nn.ParameterDict" if self.shared_trainable else "BufferDict"
 
     @property
     def computed_weights(self) -> list[WeightPlan]:
@@ -679,9 +696,12 @@ class _Planner:
             floats = [n for n, w in self.spec.weights.items() if w.dtype == "float"]
             reference = next((n for n in floats if n in direct), floats[0])
             direct.add(reference)
+            # a shared weight reads the model's tensor (`attr`), cut to this layer's slice
             bindings = [
-                (n, f"self.{self.prefix}{n}[adapter_name]") for n in [*self.spec.weights, *self.stored] if n in direct
-            ]
+                (n, f"self.{self.attr(n)}[adapter_name]{self.slices.get(n, '')}")
+                for n in self.spec.weights
+                if n in direct
+            ] + [(n, f"self.{self.prefix}{n}[adapter_name]") for n in self.stored if n in direct]
             if "weight" in direct:
                 bindings.append(("weight", "self._canonical_weight()"))
             upcast = [n for n in floats if n in direct]
@@ -777,7 +797,7 @@ class _Planner:
             init_lines=init_lines,
             random_init_lines=random_init_lines,
             init_by_class=self.init_overrides(name, weight, target, ndim),
-            trainable=weight.trainable and not weight.shared,
+            trainable=weight.trains,
             ndim=ndim,
             shared=weight.shared,
             slice_code=self.slices.get(name, ""),
@@ -851,13 +871,21 @@ class _Planner:
                 f"weights.{shared[0]}.shared",
                 "at least one weight must be per layer (not shared): it holds the layer's adapters",
             )
-        for name in SHARED_CONFIG_FIELDS:
+        trained = [n for n in shared if self.spec.weights[n].trains]
+        if trained and len(trained) < len(shared):
+            frozen = next(n for n in shared if n not in trained)
+            raise self.fail(
+                f"weights.{frozen}.trainable",
+                f"shared weights are all trainable or all frozen, but {trained[0]} is trainable and {frozen} is not "
+                "(the model holds them in one kind of dict, saved or drawn from the key alike)",
+            )
+        for name in SHARED_CONFIG_FIELDS if not trained else ():
             if name in self.hp:
                 raise self.fail(
                     f"hyperparameters.{name}", f"`{name}` is a field the generated config adds for shared weights"
                 )
         allowed = set(self.hp) | set(UNIVERSAL_DIMS)
-        for name in shared:
+        for name in shared if not trained else ():
             if self.prefix in f"shared_{name}":
                 raise self.fail(
                     f"weights.{name}.shared",
@@ -900,16 +928,21 @@ class _Planner:
         imports_math = self.imports_math  # the line goes to the model, not the layer
         line = self.init_lines(where, call, "shared", len(weight.shape), names=set(self.hp), mapping=mapping)[0]
         self.imports_math = imports_math
-        if call.name not in ("zeros", "ones", "constant"):
+        if call.name not in ("zeros", "ones", "constant") and not weight.trains:
             line = line[:-1] + ", generator=generator)"
         dims = tuple(d for d in UNIVERSAL_DIMS if any(d in expr.names for expr in shape))
-        return SharedWeightPlan(name=name, attr=self.attr(name), shape_code=shape_code, init_line=line, dims=dims)
+        return SharedWeightPlan(
+            name=name, attr=self.attr(name), shape_code=shape_code, init_line=line, dims=dims, trainable=weight.trains
+        )
 
     def attr(self, name: str) -> str:
         """The attribute holding a weight: `<prefix><name>`; a shared one `shared_<name>`, outside the method's prefix
         (like VeRA's `vera_A` outside `vera_lambda_`), so that PEFT does not take the layers' references to the model's
         tensor for per-layer weights (missing from a checkpoint, which holds the tensor once)."""
-        return f"shared_{name}" if self.spec.weights[name].shared else f"{self.prefix}{name}"
+        weight = self.spec.weights[name]
+        # a trainable shared weight keeps the prefix, as VB-LoRA's `vblora_vector_bank`: PEFT trains and saves the
+        # method's parameters by their prefix (the layers' references are filled in on load, see the model)
+        return f"shared_{name}" if weight.shared and not weight.trains else f"{self.prefix}{name}"
 
     def init_lines(
         self,

@@ -265,8 +265,9 @@ class Weight(_Strict):
     trainable: bool = Field(default=True, description="False keeps it as a frozen buffer (saved with the adapter)")
     shared: bool = Field(
         default=False,
-        description="one frozen tensor per adapter held by the model, sized for the largest targeted layer and "
-        "initialised from the config's `projection_prng_key`; each layer uses the slice its dims need (VeRA-style)",
+        description="one tensor per adapter held by the model, sized for the largest targeted layer; each layer uses "
+        "the slice its dims need. Frozen (the default for shared weights): initialised from the config's "
+        "`projection_prng_key` (VeRA-style); `trainable: true`: a parameter trained by every layer (VB-LoRA-style)",
     )
     dtype: Literal["float", "long"] = Field(
         default="float", description="`long` for index buffers (frozen, computed by an init expression)"
@@ -275,16 +276,17 @@ class Weight(_Strict):
         default=True, description="False: a frozen buffer left out of the state dict (recomputed from the config)"
     )
 
+    @property
+    def trains(self) -> bool:
+        """Whether the weight is trained: a shared weight only with `trainable: true` written out."""
+        return self.trainable and (not self.shared or "trainable" in self.model_fields_set)
+
     @model_validator(mode="after")
     def _check_shared(self) -> Weight:
         if not self.shared:
             return self
-        # a shared weight is a frozen random projection, as in VeRA: PEFT's per-layer gradient and state-dict
-        # handling of trainable tensors does not apply to a tensor the model holds once
-        if "trainable" in self.model_fields_set and self.trainable:
-            raise FieldError(
-                "trainable", "a shared weight is frozen (a random projection, as in VeRA); drop `trainable`"
-            )
+        # frozen unless `trainable: true` is written out: by default a shared weight is a random projection, as in
+        # VeRA; a trainable one is a parameter the model holds once, as VB-LoRA's vector bank
         if self.random_init is not None:
             raise FieldError("random_init", "a shared weight is always initialised with `init` from the PRNG key")
         if self.init_by_layer:

@@ -46,7 +46,8 @@ CHECKS: dict[str, str] = {
     "fp16": "the fp16 forward is not finite or far from the fp32 one",
     "bf16": "the bf16 forward is not finite or far from the fp32 one",
     "shared_key": "shared weights must be the model's tensors (layers hold references), frozen, and drawn the same "
-    "from the same `projection_prng_key` (checkpoints without them rely on it)",
+    "from the same `projection_prng_key` (checkpoints without them rely on it); a trainable one must be one "
+    "trainable parameter of the model",
     "oracle_delta": "get_delta_weight differs from the spec's delta_weight evaluated independently",
     "oracle_forward": "the forward differs from the spec's forward evaluated independently",
     "oracle_merge": "the merged weight differs from the spec's merge evaluated independently",
@@ -364,6 +365,12 @@ class _MethodProbe:
                 held = getattr(first.base_model, w.attr)
                 if getattr(layer, w.attr) is not held:
                     problems.append(f"{w.name}: the layer holds its own dict, not the model's")
+                if w.trainable:
+                    # trained (VB-LoRA's vector bank): one parameter, listed once among the trainable ones
+                    params = [p for p in first.parameters() if p is held["default"]]
+                    if not held["default"].requires_grad or len(params) != 1:
+                        problems.append(f"{w.name} is not one trainable parameter of the model")
+                    continue
                 if not torch.equal(held["default"], getattr(second.base_model, w.attr)["default"]):
                     problems.append(f"{w.name}: the same key drew different values")
                 if held["default"].requires_grad:
