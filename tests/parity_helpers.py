@@ -231,6 +231,39 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
+def mixed_batch_names(adapter_names: list[str], batch_size: int) -> list[str]:
+    """One sample per adapter in turn, and the base model (`__base__`) for every (n + 1)-th sample."""
+    names = [*adapter_names, "__base__"] * (batch_size // (len(adapter_names) + 1) + 1)
+    return names[:batch_size]
+
+
+def mixed_batch_diff(
+    peft_model: Any,
+    gen_model: Any,
+    x: Any,
+    adapter_names: list[str],
+    base_out: Any,
+    *,
+    active: list[str] | None = None,
+) -> float:
+    """The generated model's mixed-adapter batch against PEFT's model run with each adapter set in turn, for PEFT
+    methods without a mixed-batch forward of their own. Leaves `active` (default: `adapter_names`) active on PEFT's
+    model again."""
+    import torch
+
+    names = mixed_batch_names(adapter_names, len(x))
+    expected = torch.empty_like(base_out)
+    for name in set(names):
+        rows = [i for i, item in enumerate(names) if item == name]
+        if name == "__base__":
+            expected[rows] = base_out[rows]
+        else:
+            peft_model.base_model.set_adapter(name)
+            expected[rows] = peft_model(x[rows])
+    peft_model.base_model.set_adapter(active or adapter_names)
+    return max_abs_diff(gen_model(x, adapter_names=names), expected)
+
+
 def one_layer_net(layer: Any) -> Any:
     """A tiny model whose only submodule is `layer`, under the name "layer" (the configs' target)."""
     import torch
@@ -415,8 +448,7 @@ def _run_case(layer_type: str, variant: str) -> dict[str, float]:
 
         if variant == "multi":
             # one sample per adapter, and the base model for the rest
-            names = [*adapter_names, "__base__"] * (len(x) // (len(adapter_names) + 1) + 1)
-            names = names[: len(x)]
+            names = mixed_batch_names(adapter_names, len(x))
             out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), peft_model(x, adapter_names=names))
 
         out.update(

@@ -166,7 +166,14 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
     import peft
     import torch
 
-    from tests.parity_helpers import make_case, max_abs_diff, merge_unload_checks, one_layer_net, only_tuner_layer
+    from tests.parity_helpers import (
+        make_case,
+        max_abs_diff,
+        merge_unload_checks,
+        mixed_batch_diff,
+        one_layer_net,
+        only_tuner_layer,
+    )
 
     method = METHODS[method_name]
     peft_config_cls = getattr(peft, method["peft_config"])
@@ -268,18 +275,7 @@ def _run_case(method_name: str, layer_type: str, variant: str) -> dict[str, floa
             # PEFT's DeLoRA and FourierFT have no mixed-batch forward: the expected rows come from PEFT's model with
             # each adapter set in turn
             loaded = [name for name, _ in adapters]
-            names = [*loaded, "__base__"] * (len(x) // (len(loaded) + 1) + 1)
-            names = names[: len(x)]
-            expected = torch.empty_like(peft_out)
-            for name in set(names):
-                rows = [i for i, item in enumerate(names) if item == name]
-                if name == "__base__":
-                    expected[rows] = base_out[rows]
-                else:
-                    peft_model.base_model.set_adapter(name)
-                    expected[rows] = peft_model(x[rows])
-            peft_model.base_model.set_adapter(adapter_names)
-            out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), expected)
+            out["mixed_batch"] = mixed_batch_diff(peft_model, gen_model, x, loaded, base_out, active=adapter_names)
 
         out.update(
             merge_unload_checks(peft_model, gen_model, peft_layer, gen_layer, x, base_weight, base_out, gen_layer_cls)

@@ -152,7 +152,7 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
     from peft.tuners.refbeft.layer import RefBeftLayer
     from peft.tuners.refia3.layer import RefIA3Layer
 
-    from tests.parity_helpers import make_case, max_abs_diff, one_layer_net, only_tuner_layer
+    from tests.parity_helpers import make_case, max_abs_diff, mixed_batch_diff, one_layer_net, only_tuner_layer
 
     beft = mode == "beft"
     case = f"beft/{layer_type}/{variant}" if beft else f"{layer_type}/{mode}/{variant}"
@@ -207,18 +207,7 @@ def _run_case(layer_type: str, mode: str, variant: str) -> dict[str, float]:
 
         if variant == "multi":
             # PEFT's IA3 has no mixed-batch forward: the expected rows come from PEFT's model with each adapter set
-            names = [*adapter_names, "__base__"] * (len(x) // (len(adapter_names) + 1) + 1)
-            names = names[: len(x)]
-            expected = torch.empty_like(peft_out)
-            for name in set(names):
-                rows = [i for i, item in enumerate(names) if item == name]
-                if name == "__base__":
-                    expected[rows] = base_out[rows]
-                else:
-                    peft_model.base_model.set_adapter(name)
-                    expected[rows] = peft_model(x[rows])
-            peft_model.base_model.set_adapter(adapter_names)
-            out["mixed_batch"] = max_abs_diff(gen_model(x, adapter_names=names), expected)
+            out["mixed_batch"] = mixed_batch_diff(peft_model, gen_model, x, adapter_names, base_out)
 
         peft_model.merge_adapter()
         gen_model.merge_adapter()
