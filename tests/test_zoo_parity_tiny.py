@@ -104,8 +104,14 @@ def _run_case(variant: str) -> dict[str, float]:
     from peft.tuners.reftinylora.layer import RefTinyLoraLayer
     from peft.tuners.tinylora.layer import TinyLoraLayer
 
-    from tests.parity_helpers import make_case, max_abs_diff, merge_unload_checks, mixed_batch_diff, one_layer_net
-    from tests.parity_helpers import only_tuner_layer
+    from tests.parity_helpers import (
+        make_case,
+        max_abs_diff,
+        merge_unload_checks,
+        mixed_batch_diff,
+        one_layer_net,
+        only_tuner_layer,
+    )
 
     torch.manual_seed(6100 + CASE_NAMES.index(f"tinylora/Linear/{variant}"))
     layer, x, _ = make_case("Linear")
@@ -136,7 +142,10 @@ def _run_case(variant: str) -> dict[str, float]:
     for name in adapter_names:
         for half in ("A", "B"):
             # computed by each side from the base weight's SVD: never copied
-            source, target = getattr(peft_layer, f"tinylora_{half}")[name], getattr(gen_layer, f"reftinylora_{half}")[name]
+            source, target = (
+                getattr(peft_layer, f"tinylora_{half}")[name],
+                getattr(gen_layer, f"reftinylora_{half}")[name],
+            )
             out["buffers"] = max(out["buffers"], max_abs_diff(target, source))
             out["effect_buffers"] = min(out["effect_buffers"], source.abs().max().item())
         peft_p, gen_p = peft_layer.tinylora_P[name], gen_layer.reftinylora_P[name]
@@ -180,7 +189,9 @@ def _run_case(variant: str) -> dict[str, float]:
             # PEFT's TinyLoRA has no mixed-batch forward: each adapter set in turn gives the expected rows
             out["mixed_batch"] = mixed_batch_diff(peft_model, gen_model, x, adapter_names, base_out)
         out.update(
-            merge_unload_checks(peft_model, gen_model, peft_layer, gen_layer, x, base_weight, base_out, RefTinyLoraLayer)
+            merge_unload_checks(
+                peft_model, gen_model, peft_layer, gen_layer, x, base_weight, base_out, RefTinyLoraLayer
+            )
         )
     return out
 
